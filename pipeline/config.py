@@ -1,0 +1,289 @@
+"""One typed, validated configuration for every stage.
+
+The params file (``configs/params.yaml`` by default) has one block per stage. ``load`` turns it into
+frozen dataclasses; an unknown key, a missing block or a value of the wrong type is a
+:class:`ConfigError` naming the file and the dotted key. Library code receives these objects (or
+plain values from them) and never reads the params file itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+DEFAULT_CONFIG = Path("configs/params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw dataset lives and how it is laid out."""
+
+    root: str = "data/raw/synthetic"
+    layout: Literal["msd", "folder", "csv"] = "msd"
+    manifest: str | None = None  # CSV with case_id,image,label (layout "csv")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The embedded default dataset, generated when no data is given."""
+
+    out_dir: str = "data/raw/synthetic"
+    n_cases: int = 24
+    seed: int = 0
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Reorient, resample, crop and normalise every case."""
+
+    out_dir: str = "data/preprocessed"
+    target_spacing: tuple[float, float, float] | None = None  # None: planned from the data
+    normalization: Literal["zscore", "none"] = "zscore"
+    crop_foreground: bool = True
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Case-level splits and the table of training samples."""
+
+    out_dir: str = "data/samples"
+    splits_file: str = "data/splits.json"  # written once, reused while cases and split settings match
+    mode: Literal["2d", "3d"] = "2d"
+    slice_axis: int = 2
+    patch_size_2d: tuple[int, int] = (64, 64)
+    patch_size_3d: tuple[int, int, int] = (64, 64, 16)
+    test_fraction: float = 0.2
+    folds: int = 5
+    fold: int = 0
+    seed: int = 0
+    foreground_ratio: float = 0.67  # share of samples centred on a foreground voxel
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.mode == "2d" else 3
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return self.patch_size_2d if self.mode == "2d" else self.patch_size_3d
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network choice; see :func:`pipeline.models.build_model`."""
+
+    name: Literal["classic_unet", "monai_unet", "basic_unet", "dynunet"] = "monai_unet"
+    base_width: int = 16
+    depth: int = 4
+    upsample: Literal["transpose", "bilinear"] = "transpose"
+    norm: Literal["instance", "batch"] = "instance"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window (3D) or slice-wise (2D) inference settings."""
+
+    overlap: float = 0.5
+    sw_batch_size: int = 8
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    mirror_tta: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training loop settings."""
+
+    out_dir: str = "models/model"
+    log_file: str = "metrics/train_log.csv"  # per-epoch learning curves (DVC plots)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 30
+    max_minutes: float | None = None  # wall-clock budget; None: epochs only
+    iters_per_epoch: int = 25
+    batch_size: int = 8
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    threads: int | None = None  # torch intra-op threads; None: all cores
+    val_every: int = 1
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass(frozen=True)
+class EmptyPolicyConfig:
+    """Scores for empty masks; None means reported as missing."""
+
+    both_empty: float | None = 1.0
+    ref_empty_only: float | None = 0.0
+    pred_empty_only: float | None = 0.0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Prediction of the test cases and per-case metrics."""
+
+    predictions_dir: str = "data/predictions"
+    metrics_dir: str = "metrics"
+    nsd_tolerance_mm: float = 1.0
+    empty_policy: EmptyPolicyConfig = field(default_factory=EmptyPolicyConfig)
+    n_bootstrap: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """MLflow tracking; the environment variable MLFLOW_TRACKING_URI wins over tracking_uri."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "segmentation"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole study: one block per stage."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{key}: must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {options}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema error
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in '{prefix}'" if prefix else ""
+        raise ConfigError(f"unknown key(s){where}: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Build a :class:`Config` from a plain mapping (missing keys take their defaults)."""
+    try:
+        return _build(Config, data or {})
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load(path: str | Path = DEFAULT_CONFIG) -> Config:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return from_dict(data or {}, str(path))
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (JSON/YAML-serialisable) of a config dataclass."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def stage_args(description: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
+    """Parse ``--config`` for a stage entry point and load it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return args, load(args.config)

@@ -1,0 +1,361 @@
+"""Embedded synthetic default dataset (Medical Segmentation Decathlon layout).
+
+``make_synthetic_dataset`` writes a small, deterministic MR-like dataset that the
+pipeline uses when the user supplies no data:
+
+* a "body" ellipsoid of mid intensity on a dark background (Rician noise),
+* label 1 ("organ"): a brighter ellipsoid-like organ, radii ~10-16 mm, random
+  orientation, smoothly perturbed surface, mild internal heterogeneity,
+* label 2 ("lesion"): a smaller (radii ~4-7 mm) darker blob with a speckled
+  texture, centred on the organ surface so it partly overlaps it (label 2 wins),
+* 0-2 small dark "vessel" distractor blobs in the body, away from the organ, with
+  lesion-like intensity (so lesions have to be recognised by context, not intensity),
+* partial-volume blur, a smooth multiplicative bias field (up to +-20 %), Rician
+  noise and a random per-case gain/offset, so no single global threshold separates
+  the classes,
+* a mix of storage orientations (RAS, LPS, LAS and permuted axes) and random
+  origins. Every case is built in a canonical RAS voxel grid; flips/permutations are
+  applied to the array and folded into the affine, so world coordinates (and thus
+  the anatomy after reorientation to RAS) are unchanged,
+* about a third of the images stored as uint8 (rescaled to 0-255), the rest as
+  float32; labels are uint8. sform and qform (code 1) are identical on image and
+  label.
+
+All files are written atomically (temp file in the same folder + ``os.replace``), and
+the gzip streams carry no timestamp, so the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "LABELS",
+    "ORIENTATIONS",
+    "make_synthetic_case",
+    "make_synthetic_dataset",
+]
+
+LABELS: dict[str, str] = {"0": "background", "1": "organ", "2": "lesion"}
+
+# Storage orientations: (axis permutation, flipped canonical axes).
+# The stored array is ``np.transpose(flip(canonical, flips), perm)``.
+ORIENTATIONS: dict[str, tuple[tuple[int, int, int], tuple[int, ...]]] = {
+    "RAS": ((0, 1, 2), ()),
+    "LPS": ((0, 1, 2), (0, 1)),
+    "LAS": ((0, 1, 2), (0,)),
+    # through-plane axis stored first, then R->L, then P->A: axcodes ("S", "L", "A")
+    "SLA": ((2, 0, 1), (0,)),
+}
+
+# Relative (pre-gain) tissue intensities; Rician noise sigma is NOISE_SIGMA.
+_BACKGROUND = 0.12
+_BODY = 1.0
+_ORGAN = 1.35
+_LESION = 0.70
+_NOISE_SIGMA = 0.11
+
+# Nominal offset (mm, RAS) of the organ centre from the volume centre: the organ
+# sits right-anterior of centre, so orientation mistakes are detectable.
+ORGAN_OFFSET_MM = (5.0, 3.5, 0.0)
+
+
+# --------------------------------------------------------------------------- helpers
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random 3x3 rotation matrix (from a random unit quaternion)."""
+    q = rng.standard_normal(4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: np.ndarray
+) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field with an isotropic (in mm) correlation."""
+    f = ndimage.gaussian_filter(
+        rng.standard_normal(shape).astype(np.float32), sigma=sigma_mm / spacing, mode="wrap"
+    )
+    f -= f.mean()
+    f /= f.std() + 1e-8
+    return f
+
+
+def _ellipsoid_distance(
+    coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray
+) -> np.ndarray:
+    """Normalised ellipsoidal distance (1 on the surface) of world points ``coords``.
+
+    ``coords`` has shape (3, ...) in mm; ``rot`` columns are the ellipsoid axes.
+    """
+    d = coords - centre.reshape(3, *([1] * (coords.ndim - 1)))
+    local = np.tensordot(rot.T, d, axes=1)
+    return np.sqrt(np.sum((local / radii.reshape(3, *([1] * (coords.ndim - 1)))) ** 2, axis=0))
+
+
+def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """Smooth multiplicative bias: 2nd-order polynomial, max deviation 10-20 %."""
+    u = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
+    terms = [u[0], u[1], u[2], u[0] * u[1], u[0] * u[2], u[1] * u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2]
+    coef = rng.normal(0.0, 1.0, len(terms))
+    coef[:3] *= 2.0  # mostly linear gradients, like a surface coil
+    f = sum(c * t for c, t in zip(coef, terms, strict=True))
+    f -= f.mean()
+    f *= rng.uniform(0.10, 0.20) / (np.abs(f).max() + 1e-8)
+    return (1.0 + f).astype(np.float32)
+
+
+def _reorient(
+    data: np.ndarray, affine: np.ndarray, perm: tuple[int, int, int], flips: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip + transpose a canonical array; return it with the world-preserving affine."""
+    shape = np.array(data.shape)
+    flip_mat = np.eye(4)
+    for ax in flips:
+        flip_mat[ax, ax] = -1.0
+        flip_mat[ax, 3] = shape[ax] - 1
+    out = np.flip(data, axis=flips) if flips else data
+    # stored axis k is canonical (flipped) axis perm[k]
+    perm_mat = np.zeros((4, 4))
+    perm_mat[3, 3] = 1.0
+    for k, src in enumerate(perm):
+        perm_mat[src, k] = 1.0
+    out = np.ascontiguousarray(np.transpose(out, perm))
+    return out, affine @ flip_mat @ perm_mat
+
+
+# --------------------------------------------------------------------------- one case
+def make_synthetic_case(
+    rng: np.random.Generator,
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generate one case in a canonical RAS grid.
+
+    Returns ``(image float32, label uint8, affine)``; the affine is RAS (diagonal
+    ``spacing``) with a random origin. Image intensities are relative (body ~1).
+    """
+    sp = np.asarray(spacing, dtype=np.float64)
+    shape = (int(rng.integers(60, 81)), int(rng.integers(60, 81)), int(rng.integers(18, 27)))
+    fov = sp * np.array(shape)
+    centre_vox = (np.array(shape) - 1) / 2.0
+
+    # world coordinates relative to the volume centre (mm, RAS)
+    axes = [(np.arange(n, dtype=np.float32) - c) * s for n, c, s in zip(shape, centre_vox, sp, strict=True)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+
+    # ---- body: large ellipsoid, extends beyond the slab through-plane
+    body_r = np.array(
+        [rng.uniform(0.86, 0.97) * fov[0] / 2, rng.uniform(0.80, 0.92) * fov[1] / 2, 4.0 * fov[2]]
+    )
+    body_c = np.array([rng.normal(0, 1.0), rng.normal(0, 1.0), 0.0])
+    body_d = _ellipsoid_distance(coords, body_c, body_r, np.eye(3))
+    body_d = body_d + 0.02 * _smooth_field(rng, shape, 8.0, sp)
+    body = body_d < 1.0
+    # organ and lesion stay inside the body wall (~2.5 mm)
+    inner = ndimage.binary_erosion(body, iterations=3) & (body_d < 0.9)
+
+    # ---- organ (label 1)
+    organ_r = rng.uniform(10.0, 16.0, 3)
+    organ_rot = _rotation(rng)
+    organ_c = np.array(ORGAN_OFFSET_MM) + rng.normal(0.0, [1.5, 1.5, 1.5])
+    organ_d = _ellipsoid_distance(coords, organ_c, organ_r, organ_rot)
+    organ = (organ_d < 1.0 + 0.12 * _smooth_field(rng, shape, 6.0, sp)) & inner
+    organ = ndimage.binary_opening(organ, iterations=1)
+    lab, n = ndimage.label(organ)
+    if n > 1:  # keep the largest component
+        organ = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+
+    # ---- lesion (label 2): on the organ surface, partly overlapping
+    lesion = None
+    for _attempt in range(200):
+        v = rng.standard_normal(3)
+        v /= np.linalg.norm(v)
+        direction = organ_rot @ (v * organ_r)
+        direction /= np.linalg.norm(direction)
+        # march outwards until leaving the (perturbed) organ
+        ts = np.arange(0.0, 40.0, 0.25)
+        pts = organ_c[:, None] + direction[:, None] * ts[None, :]
+        vox = np.rint(pts / sp[:, None] + centre_vox[:, None]).astype(int)
+        ok = np.all((vox >= 0) & (vox < np.array(shape)[:, None]), axis=0)
+        inside = np.zeros(ts.shape, dtype=bool)
+        inside[ok] = organ[vox[0, ok], vox[1, ok], vox[2, ok]]
+        if not inside[0] or inside.all():
+            continue
+        surf = pts[:, np.argmin(inside)]
+        les_r = rng.uniform(4.0, 7.0, 3)
+        les_c = surf + direction * rng.uniform(-0.35, 0.25) * les_r.mean()
+        # lesion must lie in the slab and inside the body
+        margin = les_r.max() + 1.0
+        if np.any(np.abs(les_c) + margin > fov / 2):
+            continue
+        les_d = _ellipsoid_distance(coords, les_c, les_r, _rotation(rng))
+        cand = (les_d < 1.0 + 0.08 * _smooth_field(rng, shape, 3.0, sp)) & inner
+        n_les = int(cand.sum())
+        n_out = int((cand & ~organ).sum())
+        # must be sizeable, partly inside and partly outside the organ
+        if n_les < 0.6 * (4 / 3 * np.pi * np.prod(les_r)) / np.prod(sp):
+            continue
+        if not (0.25 * n_les <= n_out <= 0.85 * n_les):
+            continue
+        lesion = cand
+        break
+    if lesion is None:  # pragma: no cover - extremely unlikely
+        raise RuntimeError("could not place lesion")
+
+    label = np.zeros(shape, dtype=np.uint8)
+    label[organ] = 1
+    label[lesion] = 2  # lesion wins
+
+    # ---- distractors: small dark "vessels" in the body, away from organ/lesion
+    far = ndimage.distance_transform_edt(label == 0, sampling=sp) > 6.0
+    distract = np.zeros(shape, dtype=bool)
+    for _ in range(int(rng.integers(0, 3))):
+        for _attempt in range(50):
+            c = (rng.uniform(-0.5, 0.5, 3) * fov * np.array([0.8, 0.8, 0.7])).astype(np.float32)
+            r = rng.uniform(1.8, 3.2, 3)
+            blob = _ellipsoid_distance(coords, c, r, _rotation(rng)) < 1.0
+            if blob.any() and np.all(far[blob]) and np.all(inner[blob]):
+                distract |= blob
+                break
+
+    # ---- intensities
+    img = np.full(shape, _BACKGROUND, dtype=np.float32)
+    img[body] = _BODY * rng.uniform(0.95, 1.05)
+    img *= 1.0 + 0.05 * _smooth_field(rng, shape, 5.0, sp) * body  # tissue heterogeneity
+    img[distract] = _LESION * rng.uniform(0.95, 1.05)
+    organ_level = _ORGAN * rng.uniform(0.96, 1.04)
+    img[label == 1] = organ_level * (1.0 + 0.04 * _smooth_field(rng, shape, 4.0, sp)[label == 1])
+    les = label == 2
+    speckle = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.6)
+    speckle /= speckle.std() + 1e-8
+    img[les] = _LESION * rng.uniform(0.95, 1.05) * (1.0 + 0.10 * speckle[les])
+    # partial-volume blur (~0.5 mm), multiplicative bias, Rician noise
+    img = ndimage.gaussian_filter(img, sigma=0.5 / sp)
+    img *= _bias_field(rng, shape)
+    sigma = _NOISE_SIGMA * rng.uniform(0.9, 1.1)
+    n1 = rng.normal(0.0, sigma, shape).astype(np.float32)
+    n2 = rng.normal(0.0, sigma, shape).astype(np.float32)
+    img = np.sqrt((img + n1) ** 2 + n2**2).astype(np.float32)
+
+    # ---- canonical RAS affine with a random origin (world position of the centre)
+    centre_world = rng.uniform(-120.0, 120.0, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(sp)
+    affine[:3, 3] = centre_world - sp * centre_vox
+    return img, label, affine
+
+
+# --------------------------------------------------------------------------- writing
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make outputs readable like normal files
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(data.dtype)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    # gzip without timestamp/filename -> byte-identical output for the same seed
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _balanced(rng: np.random.Generator, n: int, options: list) -> list:
+    reps = -(-n // len(options))
+    items = (options * reps)[:n]
+    return [items[i] for i in rng.permutation(n)]
+
+
+def make_synthetic_dataset(
+    root: Path,
+    n_cases: int = 24,
+    seed: int = 0,
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
+) -> Path:
+    """Write a deterministic synthetic MSD-style dataset under ``root`` and return it.
+
+    Layout: ``dataset.json``, ``imagesTr/case_XXX.nii.gz``, ``labelsTr/case_XXX.nii.gz``.
+    ``spacing`` is the canonical (RAS x, y, z) voxel size in mm; stored header zooms are
+    permuted accordingly for cases with permuted axes.
+    """
+    if n_cases < 1:
+        raise ValueError("n_cases must be >= 1")
+    if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+
+    plan_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    case_seqs = np.random.SeedSequence(seed, spawn_key=(1,)).spawn(n_cases)
+    orients = _balanced(plan_rng, n_cases, list(ORIENTATIONS))
+    n_u8 = round(n_cases / 3)
+    as_uint8 = _balanced(plan_rng, n_cases, [True] * n_u8 + [False] * (n_cases - n_u8))
+
+    training = []
+    for i in range(n_cases):
+        rng = np.random.default_rng(case_seqs[i])
+        img, lab, affine = make_synthetic_case(rng, spacing)
+        # per-case intensity gain and offset (scanner units)
+        gain = 10.0 ** rng.uniform(1.5, 3.0)
+        offset = rng.uniform(-0.05, 0.3) * gain
+        img = (img * gain + offset).astype(np.float32)
+        if as_uint8[i]:
+            lo = float(img.min())
+            hi = float(np.percentile(img, rng.uniform(99.7, 100.0)))
+            img = np.clip(np.rint((img - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+        perm, flips = ORIENTATIONS[orients[i]]
+        img_s, aff_s = _reorient(img, affine, perm, flips)
+        lab_s, _ = _reorient(lab, affine, perm, flips)
+        name = f"case_{i:03d}.nii.gz"
+        _atomic_write_bytes(root / "imagesTr" / name, _nifti_bytes(img_s, aff_s))
+        _atomic_write_bytes(root / "labelsTr" / name, _nifti_bytes(lab_s.astype(np.uint8), aff_s))
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+
+    meta = {
+        "name": "SyntheticOrganLesion",
+        "description": (
+            "Synthetic MR-like volumes: an organ (1) with an adjacent lesion (2) inside a body "
+            f"ellipsoid; anisotropic spacing {tuple(float(s) for s in spacing)} mm, mixed "
+            f"orientations, bias field and noise. Generated with seed {seed}."
+        ),
+        "reference": "pipeline.synthetic.make_synthetic_dataset",
+        "licence": "CC0",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "MR"},
+        "labels": dict(LABELS),
+        "numTraining": n_cases,
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
+    _atomic_write_bytes(root / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return root

@@ -1,0 +1,113 @@
+"""The one place that talks to MLflow. Metrics are logged in batches (one call per epoch)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import MlflowConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` from the environment if set, else the configured one."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment_tags(device: str, threads: int) -> dict[str, str]:
+    """Versions, device and threads, for reproducing a run."""
+    import monai
+    import torch
+
+    return {
+        "env.python": platform.python_version(),
+        "env.torch": torch.__version__,
+        "env.monai": monai.__version__,
+        "env.mlflow": mlflow.__version__,
+        "env.platform": platform.platform(),
+        "env.device": device,
+        "env.threads": str(threads),
+        "git.commit": git_commit(),
+    }
+
+
+class Tracker:
+    """A thin wrapper over one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_table(self, frame: Any, artifact_file: str) -> None:
+        mlflow.log_table(frame, artifact_file=artifact_file, run_id=self.run_id)
+
+
+@contextmanager
+def run(
+    cfg: MlflowConfig, run_id: str | None = None, run_name: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[Tracker]:
+    """Open a new run, or reopen ``run_id`` if the tracking store has it; end it (FINISHED or FAILED) on exit."""
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            logger.warning("run %s not found in %s: starting a new run linked to it by tag", run_id, uri)
+            tags = {**(tags or {}), "train_run_id": run_id}
+            run_id = None
+    if run_id is None:
+        exp = client.get_experiment_by_name(cfg.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+        run_id = client.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    tracker = Tracker(client, run_id, uri)
+    try:
+        yield tracker
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")

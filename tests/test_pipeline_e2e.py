@@ -1,0 +1,136 @@
+"""Runs the whole `dvc repro` chain on a tiny config in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "synthetic": {"n_cases": 10},
+    "sample": {"test_fraction": 0.3, "folds": 3, "patch_size_2d": [48, 48], "patch_size_3d": [32, 32, 8]},
+    "train": {
+        "epochs": 3,
+        "iters_per_epoch": 4,
+        "batch_size": 8,
+        "val_every": 1,
+        "model": {"base_width": 8, "depth": 2},
+    },
+    "evaluate": {"n_bootstrap": 200},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([a-z]+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("repo")
+    for name in ("pipeline", "configs", ".dvc"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    for name in ("dvc.yaml", ".gitignore", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    params_path = dest / "configs" / "params.yaml"
+    params = _merge(yaml.safe_load(params_path.read_text()), TINY)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], dest)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"], dest)
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "tiny"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def first_run(repo: Path) -> str:
+    return _run([sys.executable, "-m", "dvc", "repro"], repo)
+
+
+def test_every_stage_runs_and_writes_outputs(repo: Path, first_run: str) -> None:
+    assert _stages_run(first_run) == {"synthesize", "preprocess", "sample", "train", "evaluate"}
+    params = yaml.safe_load((repo / "configs/params.yaml").read_text())
+    per_case = pd.read_csv(repo / "metrics/per_case.csv")
+    splits = json.loads((repo / "data/splits.json").read_text())
+    test_ids = sorted(splits["test"])
+    assert len(test_ids) == round(0.3 * params["synthetic"]["n_cases"])
+    # one row per test case and foreground class, each with a Dice value in [0, 1]
+    assert sorted(per_case.case_id.unique()) == test_ids
+    assert len(per_case) == len(test_ids) * 2
+    assert set(per_case.class_name) == {"organ", "lesion"} or per_case.class_index.nunique() == 2
+    assert per_case.dice.between(0, 1).all()
+    # summary mean Dice is the mean of the rows, and MLflow holds the same value
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert summary["mean_dice"] == pytest.approx(per_case.dice.mean(), abs=1e-9)
+    assert summary["empty_policy"]["both_empty"] == 1.0
+    model_meta = json.loads((repo / "models/model/model.json").read_text())
+    run_id = model_meta["mlflow"]["run_id"]
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        logged = db.execute(
+            "select value from latest_metrics where run_uuid=? and key='test.mean_dice'", (run_id,)
+        ).fetchone()
+        n_epochs = db.execute(
+            "select count(*) from metrics where run_uuid=? and key='train_loss'", (run_id,)
+        ).fetchone()[0]
+    assert logged is not None and logged[0] == pytest.approx(summary["mean_dice"], abs=1e-9)
+    assert n_epochs == params["train"]["epochs"]
+    # predictions sit on each test image's own voxel grid
+    for cid in test_ids:
+        pred = nib.load(repo / "data/predictions" / f"{cid}.nii.gz")
+        image = nib.load(repo / "data/raw/synthetic/imagesTr" / f"{cid}.nii.gz")
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        assert np.issubdtype(pred.get_data_dtype(), np.integer)
+    log = pd.read_csv(repo / "metrics/train_log.csv")
+    assert len(log) == params["train"]["epochs"] and log.train_loss.notna().all()
+
+
+def test_second_repro_runs_nothing(repo: Path, first_run: str) -> None:
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert _stages_run(out) == set(), out
+
+
+def test_training_change_reruns_only_train_and_evaluate(repo: Path, first_run: str) -> None:
+    params_path = repo / "configs/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["train"]["lr"] = 0.002
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert _stages_run(out) == {"train", "evaluate"}, out
+
+
+def test_3d_mode_end_to_end(repo: Path, first_run: str) -> None:
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "lr"], repo)
+    out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "configs/params.yaml:sample.mode=3d"], repo)
+    assert {"sample", "train", "evaluate"} <= _stages_run(out)
+    assert "preprocess" not in _stages_run(out)
+    meta = json.loads((repo / "models/model/model.json").read_text())
+    assert meta["spatial_dims"] == 3
+    per_case = pd.read_csv(repo / "metrics/per_case.csv")
+    assert per_case.dice.between(0, 1).all() and len(per_case) == 6
