@@ -46,13 +46,33 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Reorient, resample, crop and normalise every case."""
+    """Fingerprint the dataset, plan, then reorient, resample, crop and normalise every case.
+
+    Every planned value (see :mod:`pipeline.plan`) has a field here; None means "planned from the data".
+    """
 
     out_dir: str = "data/preprocessed"
-    target_spacing: tuple[float, float, float] | None = None  # None: planned from the data
-    normalization: Literal["zscore", "none"] = "zscore"
+    target_spacing: tuple[float, float, float] | None = None  # None: median (anisotropic: see below)
+    # auto: per channel by dataset.json modality ("CT": clip + z-score with dataset stats, else per-image z-score)
+    normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
     crop_foreground: bool = True
-    workers: int = 2
+    workers: int = 2  # processes for fingerprinting and preprocessing
+    anisotropy_threshold: float = 3.0  # coarsest / finest median spacing above this: anisotropic
+    anisotropic_percentile: float = 10.0  # anisotropic: the slow axis takes this percentile of its spacings
+    image_interp: Literal["linear", "spline"] = "linear"  # image (in-plane when anisotropic)
+    slow_axis_interp: Literal["linear", "nearest", "spline"] = "linear"  # image along the slow axis
+    label_interp: Literal["nearest", "linear"] = "nearest"  # linear: one-hot linear, then arg-max
+    foreground_samples: int = 10_000  # foreground voxels sampled per case for the intensity statistics
+    ct_clip: tuple[float, float] | None = None  # CT channels: clip window (None: foreground 0.5-99.5 percentiles)
+    ct_mean_std: tuple[float, float] | None = None  # CT channels: z-score mean, std (None: clipped foreground)
+    memory_budget_gb: float = 4.0  # activation memory of one training batch (pipeline.plan memory estimate)
+    base_width: int = 32  # network base width the memory estimate assumes
+    batch_size_2d: int = 12  # batch the 2D patch must fit in the budget
+    batch_size_3d: int = 2  # batch the 3D patch must fit in the budget
+    patch_size_2d: tuple[int, int] | None = None  # None: planned
+    patch_size_3d: tuple[int, int, int] | None = None  # None: planned
+    depth_2d: int | None = None  # None: planned from the patch size
+    depth_3d: int | None = None  # None: planned from the patch size
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,9 @@ class InferenceConfig:
     sw_batch_size: int = 8
     blend: Literal["gaussian", "constant"] = "gaussian"
     mirror_tta: bool = False
+    keep_largest_component: bool = False  # per foreground class, on the written (native) grid
+    save_probabilities: bool = False  # predict: also write <case>_probabilities.nii.gz
+    half_precision_voxels: int | None = 32_000_000  # above this (preprocessed grid) blend in float16; null: never
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,8 @@ class TrainConfig:
 
     out_dir: str = "models/model"
     log_file: str = "metrics/train_log.csv"  # per-epoch learning curves (DVC plots)
+    checkpoint_dir: str = "models/checkpoint"  # last-epoch state; a killed run resumes from it
+    cache_gb: float = 4.0  # preprocessed volumes kept in memory; beyond this they are memory-mapped from disk
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 30
     max_minutes: float | None = None  # wall-clock budget; None: epochs only

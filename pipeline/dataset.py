@@ -1,20 +1,40 @@
-"""Turn a dataset on disk (MSD folder, paired folder, CSV manifest) into a list of cases."""
+"""Turn a dataset on disk (MSD folder, paired folder, CSV manifest) into a list of cases.
+
+Problems with the dataset description itself (a malformed ``dataset.json`` or manifest, paths that leave
+the dataset folder, unpaired files, duplicate case ids) are collected in :attr:`DatasetInfo.problems`
+rather than raised, so that validation can report them together with every per-case problem.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DATASET_ROW = "(dataset)"  # case id used for problems of the dataset description itself
+DEFAULT_LABELS = {0: "background", 1: "foreground"}
+# flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
+IMAGE_TAGS = ("_image", "_img")
+LABEL_TAGS = ("_label", "_seg", "_mask")
 
 
 class DatasetError(ValueError):
     """A dataset description that cannot be read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file."""
+
+    case_id: str
+    file: str
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -28,144 +48,297 @@ class Case:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the dataset declares: label names and input channels."""
+    """What the dataset declares: label names, input channels, cases, and problems of the description."""
 
     name: str
     labels: dict[int, str]
     modalities: dict[int, str] = field(default_factory=lambda: {0: "MR"})
     cases: tuple[Case, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    labels_source: str = ""  # the dataset.json that declares the labels ("" = built-in default)
 
     @property
     def num_classes(self) -> int:
-        return max(self.labels) + 1
+        return max(self.labels, default=0) + 1
+
+    def raise_for_problems(self) -> None:
+        """Raise :class:`DatasetError` listing the description problems, if any."""
+        if self.problems:
+            raise DatasetError("; ".join(f"{p.file}: {p.problem}" for p in self.problems))
 
 
 def strip_suffix(name: str) -> str:
     """``case_001.nii.gz`` -> ``case_001``."""
     for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
 
 
-def _inside(root: Path, rel: str, source: Path) -> Path:
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DatasetError(f"{source}: path {rel!r} points outside the dataset folder {root}")
+def _abs(path: str | Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def _inside(
+    root: Path, rel: object, where: str, kind: str, source: Path, case_id: str, problems: list[Problem], prefix: str
+) -> Path | None:
+    """``root / rel`` if it is a path inside ``root`` (checked lexically, symlinks are not followed)."""
+    if not isinstance(rel, str) or not rel.strip():
+        problems.append(Problem(case_id, str(source), f"{prefix}{where} has no '{kind}' path"))
+        return None
+    path = _abs(root / rel.strip())
+    if not path.is_relative_to(_abs(root)):
+        problems.append(Problem(case_id, str(source), f"{where} {kind} path {rel!r} points outside the dataset folder"))
+        return None
     return path
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, problems: list[Problem]) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DatasetError(f"{path}: dataset.json not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: malformed dataset.json ({err})") from None
+        problems.append(Problem(DATASET_ROW, str(path), "dataset.json not found"))
+        return None
+    except json.JSONDecodeError as err:
+        problems.append(
+            Problem(DATASET_ROW, str(path), f"malformed dataset.json: invalid JSON ({err.msg} at line {err.lineno})")
+        )
+        return None
+    except (UnicodeDecodeError, OSError) as err:
+        problems.append(Problem(DATASET_ROW, str(path), f"malformed dataset.json: cannot read it ({err})"))
+        return None
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: malformed dataset.json (top level is not an object)")
+        problems.append(Problem(DATASET_ROW, str(path), "malformed dataset.json: top level is not an object"))
+        return None
     return data
 
 
-def _int_keyed(mapping: object, what: str, source: Path) -> dict[int, str]:
+def _int_keyed(mapping: object, what: str, source: Path, problems: list[Problem]) -> dict[int, str]:
+    """``{"0": "background", ...}`` -> ``{0: "background", ...}``; problems for anything else."""
+    if mapping is None:
+        problems.append(Problem(DATASET_ROW, str(source), f"malformed dataset.json: missing '{what}'"))
+        return {}
     if not isinstance(mapping, dict) or not mapping:
-        raise DatasetError(f"{source}: '{what}' must be a non-empty object")
+        problems.append(
+            Problem(DATASET_ROW, str(source), f"malformed dataset.json: '{what}' must be a non-empty object")
+        )
+        return {}
     out: dict[int, str] = {}
+    bad = []
     for k, v in mapping.items():
         try:
-            out[int(k)] = str(v)
-        except (TypeError, ValueError):
-            raise DatasetError(f"{source}: '{what}' key {k!r} is not an integer") from None
+            out[int(str(k).strip())] = str(v)
+        except ValueError:
+            bad.append(k)
+    if bad:
+        keys = ", ".join(repr(k) for k in bad)
+        problems.append(
+            Problem(DATASET_ROW, str(source), f"malformed dataset.json: '{what}' key(s) {keys} are not integers")
+        )
+        return {}
     return dict(sorted(out.items()))
+
+
+def _labels(meta: dict, source: Path, problems: list[Problem]) -> dict[int, str]:
+    labels = _int_keyed(meta.get("labels"), "labels", source, problems)
+    if labels and 0 not in labels:
+        problems.append(
+            Problem(DATASET_ROW, str(source), "malformed dataset.json: 'labels' must declare 0 (background)")
+        )
+        return {}
+    if labels and min(labels) < 0:
+        problems.append(Problem(DATASET_ROW, str(source), "malformed dataset.json: 'labels' keys must not be negative"))
+        return {}
+    return labels
+
+
+def _missing_root(root: Path) -> DatasetInfo | None:
+    if root.is_dir():
+        return None
+    problem = Problem(DATASET_ROW, str(root), "dataset folder not found")
+    return DatasetInfo(root.name, {}, problems=(problem,))
 
 
 def read_msd(root: str | Path) -> DatasetInfo:
     """Read a Medical Segmentation Decathlon folder (``dataset.json`` + ``imagesTr/`` + ``labelsTr/``)."""
     root = Path(root)
+    if (missing := _missing_root(root)) is not None:
+        return missing
     source = root / "dataset.json"
-    meta = _read_json(source)
-    labels = _int_keyed(meta.get("labels"), "labels", source)
-    if 0 not in labels:
-        raise DatasetError(f"{source}: 'labels' must declare 0 (background)")
-    modalities = _int_keyed(meta.get("modality", {"0": "MR"}), "modality", source)
+    problems: list[Problem] = []
+    meta = _read_json(source, problems)
+    if meta is None:
+        return DatasetInfo(root.name, {}, problems=tuple(problems), labels_source=str(source))
+    labels = _labels(meta, source, problems)
+    modalities = _int_keyed(meta.get("modality", {"0": "MR"}), "modality", source, problems) or {0: "MR"}
     training = meta.get("training")
-    if not isinstance(training, list) or not training:
-        raise DatasetError(f"{source}: 'training' must be a non-empty list of {{image, label}} entries")
     cases = []
-    for i, entry in enumerate(training):
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise DatasetError(f"{source}: training[{i}] has no 'image' path")
-        image = _inside(root, entry["image"], source)
-        label = entry.get("label")
-        label_path = _inside(root, label, source) if isinstance(label, str) else None
-        cases.append(Case(strip_suffix(image.name), (image,), label_path))
-    _check_unique(cases, source)
-    return DatasetInfo(str(meta.get("name", root.name)), labels, modalities, tuple(cases))
-
-
-def read_manifest(manifest: str | Path, labels: dict[int, str] | None = None) -> DatasetInfo:
-    """Read a CSV manifest with columns ``case_id,image,label`` (paths relative to the CSV)."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise DatasetError(f"{manifest}: manifest not found")
-    with manifest.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"case_id", "image"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{manifest}: missing column(s) {sorted(missing)}")
-        rows = list(reader)
-    root = manifest.parent
-    cases = []
-    for row in rows:
-        label = (row.get("label") or "").strip()
-        cases.append(
-            Case(
-                row["case_id"],
-                (_inside(root, row["image"], manifest),),
-                _inside(root, label, manifest) if label else None,
-            )
+    if training is None:
+        problems.append(Problem(DATASET_ROW, str(source), "malformed dataset.json: missing 'training'"))
+    elif not isinstance(training, list) or not training:
+        problems.append(
+            Problem(DATASET_ROW, str(source), "malformed dataset.json: 'training' must be a non-empty list")
         )
-    _check_unique(cases, manifest)
-    return DatasetInfo(manifest.stem, labels or _labels_sidecar(root), {0: "MR"}, tuple(cases))
+    else:
+        for i, entry in enumerate(training):
+            where = f"training[{i}]"
+            if not isinstance(entry, dict):
+                problems.append(
+                    Problem(where, str(source), f"malformed dataset.json: {where} is not an {{image, label}} object")
+                )
+                continue
+            raw_image = entry.get("image")
+            cid = strip_suffix(Path(raw_image).name) if isinstance(raw_image, str) and raw_image.strip() else where
+            n_before = len(problems)
+            prefix = "malformed dataset.json: "
+            image = _inside(root, raw_image, where, "image", source, cid, problems, prefix)
+            label = _inside(root, entry.get("label"), where, "label", source, cid, problems, prefix)
+            if len(problems) == n_before and image is not None:
+                cases.append(Case(cid, (image,), label))
+    _check_unique(cases, source, problems)
+    name = str(meta.get("name", root.name))
+    return DatasetInfo(name, labels, modalities, tuple(cases), tuple(problems), str(source))
+
+
+def _sidecar_labels(root: Path, problems: list[Problem]) -> tuple[dict[int, str], str]:
+    """Labels from ``root/dataset.json`` if there is one, else the binary default."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        return dict(DEFAULT_LABELS), ""
+    meta = _read_json(path, problems)
+    return (_labels(meta, path, problems) if meta is not None else {}), str(path)
+
+
+def read_manifest(manifest: str | Path, root: str | Path | None = None) -> DatasetInfo:
+    """Read a CSV manifest with columns ``case_id,image,label``.
+
+    Paths are relative to ``root`` (default: the CSV's folder) and must stay inside it. Labels come from
+    ``root/dataset.json`` when present, else ``{0: background, 1: foreground}``.
+    """
+    manifest = Path(manifest)
+    root = Path(root) if root is not None else manifest.parent
+    problems: list[Problem] = []
+    if not manifest.is_file():
+        return DatasetInfo(manifest.stem, {}, problems=(Problem(DATASET_ROW, str(manifest), "manifest not found"),))
+    labels, labels_source = _sidecar_labels(root, problems)
+    try:
+        with manifest.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in reader.fieldnames or []]
+            reader.fieldnames = fields
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as err:
+        problems.append(Problem(DATASET_ROW, str(manifest), f"malformed manifest: {err}"))
+        return DatasetInfo(manifest.stem, labels, problems=tuple(problems), labels_source=labels_source)
+    missing = [c for c in ("case_id", "image", "label") if c not in fields]
+    if missing:
+        problems.append(Problem(DATASET_ROW, str(manifest), f"malformed manifest: missing column(s) {missing}"))
+        return DatasetInfo(manifest.stem, labels, problems=tuple(problems), labels_source=labels_source)
+    cases = []
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        cid = (row.get("case_id") or "").strip()
+        if not cid:
+            problems.append(Problem(f"line {n}", str(manifest), f"malformed manifest: line {n} has no case_id"))
+            continue
+        n_before = len(problems)
+        prefix = "malformed manifest: "
+        image = _inside(root, row.get("image"), f"line {n}", "image", manifest, cid, problems, prefix)
+        label = _inside(root, row.get("label"), f"line {n}", "label", manifest, cid, problems, prefix)
+        if len(problems) == n_before and image is not None:
+            cases.append(Case(cid, (image,), label))
+    if not rows:
+        problems.append(Problem(DATASET_ROW, str(manifest), "malformed manifest: no cases listed"))
+    _check_unique(cases, manifest, problems)
+    return DatasetInfo(manifest.stem, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _untag(name: str, tags: tuple[str, ...]) -> str | None:
+    stem = strip_suffix(name)
+    for tag in tags:
+        if stem.lower().endswith(tag):
+            return stem[: -len(tag)]
+    return None
 
 
 def read_folder(root: str | Path) -> DatasetInfo:
-    """Read ``images/`` and ``labels/`` folders whose files are paired by case id."""
+    """Read image and label files paired by case id.
+
+    Either ``images/`` + ``labels/`` (or ``imagesTr/`` + ``labelsTr/``) with equal file names, or one flat
+    folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also ``_img``; ``_seg``, ``_mask``).
+    Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}``.
+    """
     root = Path(root)
-    images_dir, labels_dir = root / "images", root / "labels"
-    if not images_dir.is_dir():
-        raise DatasetError(f"{images_dir}: images folder not found")
+    if (missing := _missing_root(root)) is not None:
+        return missing
+    problems: list[Problem] = []
+    labels, labels_source = _sidecar_labels(root, problems)
+    images: dict[str, Path] = {}
+    label_files: dict[str, Path] = {}
+    for images_name, labels_name in (("images", "labels"), ("imagesTr", "labelsTr")):
+        if (root / images_name).is_dir():
+            images = {strip_suffix(p.name): p for p in _image_files(root / images_name)}
+            if (root / labels_name).is_dir():
+                label_files = {strip_suffix(p.name): p for p in _image_files(root / labels_name)}
+            break
+    else:
+        for p in _image_files(root):
+            if (cid := _untag(p.name, LABEL_TAGS)) is not None:
+                label_files[cid] = p
+            elif (cid := _untag(p.name, IMAGE_TAGS)) is not None:
+                images[cid] = p
+            else:
+                images[strip_suffix(p.name)] = p
+    if not images:
+        problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
     cases = []
-    for image in sorted(p for p in images_dir.iterdir() if p.name.endswith(IMAGE_SUFFIXES)):
-        cid = strip_suffix(image.name)
-        matches = [p for p in labels_dir.glob(f"{cid}.*") if strip_suffix(p.name) == cid] if labels_dir.is_dir() else []
-        cases.append(Case(cid, (image,), matches[0] if matches else None))
-    if not cases:
-        raise DatasetError(f"{images_dir}: no image files found")
-    return DatasetInfo(root.name, _labels_sidecar(root), {0: "MR"}, tuple(cases))
+    for cid, image in sorted(images.items()):
+        if cid not in label_files:
+            problems.append(Problem(cid, str(image), "no label file for this image"))
+            continue
+        cases.append(Case(cid, (_abs(image),), _abs(label_files[cid])))
+    for cid, label in sorted(label_files.items()):
+        if cid not in images:
+            problems.append(Problem(cid, str(label), "no image file for this label"))
+    return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source)
 
 
-def _labels_sidecar(root: Path) -> dict[int, str]:
-    path = root / "dataset.json"
-    if path.is_file():
-        return _int_keyed(_read_json(path).get("labels"), "labels", path)
-    return {0: "background", 1: "foreground"}
-
-
-def _check_unique(cases: list[Case], source: Path) -> None:
+def _check_unique(cases: list[Case], source: Path, problems: list[Problem]) -> None:
     seen: set[str] = set()
     for case in cases:
         if case.case_id in seen:
-            raise DatasetError(f"{source}: case id {case.case_id!r} appears twice")
+            problems.append(Problem(case.case_id, str(source), f"duplicate case id {case.case_id!r}"))
         seen.add(case.case_id)
 
 
-def read_dataset(root: str | Path, layout: str = "msd", manifest: str | None = None) -> DatasetInfo:
-    """Dispatch on the configured layout."""
+def detect_layout(root: str | Path) -> str:
+    """Guess the layout of ``root``: ``csv`` for a .csv file or a folder with ``manifest.csv``, ``msd`` when
+    there is a ``dataset.json`` with a ``training`` list, else ``folder``."""
+    root = Path(root)
+    if root.suffix.lower() == ".csv" or (root / "manifest.csv").is_file():
+        return "csv"
+    if (root / "dataset.json").is_file():
+        return "msd"
+    return "folder"
+
+
+def read_dataset(root: str | Path, layout: str = "msd", manifest: str | Path | None = None) -> DatasetInfo:
+    """Dispatch on the configured layout (``msd``, ``folder``, ``csv`` or ``auto``)."""
+    if layout == "auto":
+        layout = "csv" if manifest else detect_layout(root)
     if layout == "msd":
         return read_msd(root)
     if layout == "csv":
-        return read_manifest(manifest or Path(root) / "manifest.csv")
+        root_path = Path(root)
+        if root_path.suffix.lower() == ".csv" and manifest is None:
+            return read_manifest(root_path, root_path.parent)
+        path = Path(manifest) if manifest else root_path / "manifest.csv"
+        if manifest and not path.is_absolute() and not path.is_file() and (root_path / path).is_file():
+            path = root_path / path
+        return read_manifest(path, root_path)
     if layout == "folder":
         return read_folder(root)
     raise DatasetError(f"unknown dataset layout {layout!r}")

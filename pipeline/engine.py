@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
+import torch.distributed as dist
+from monai.data import DataLoader, Dataset, get_track_meta, set_track_meta
 from monai.inferers import Inferer
 from monai.losses import DiceCELoss
 from monai.transforms import Compose
-from torch.utils.data import RandomSampler
+from torch.utils.data import DistributedSampler, SequentialSampler
 
+from pipeline.augment import BatchAugment
 from pipeline.inference import predict_probabilities
-from pipeline.transforms import augmentation, training_sampler
+from pipeline.transforms import training_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -46,63 +48,87 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def make_loader(
+def training_transform(
+    patch_size: Sequence[int], num_classes: int, foreground_ratio: float, spatial_dims: int, slice_axis: int
+) -> Compose:
+    """Random patch sampling from cached preprocessed volumes (augmentation is applied per batch)."""
+    return Compose(
+        training_sampler(patch_size, num_classes, foreground_ratio, slice_axis if spatial_dims == 2 else None)
+    )
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """One seed per (run seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
+
+
+def epoch_loader(
     volumes: Sequence[dict],
-    patch_size: Sequence[int],
-    num_classes: int,
-    foreground_ratio: float,
-    spatial_dims: int,
-    slice_axis: int,
+    transform: Compose,
+    epoch: int,
+    seed: int,
     batch_size: int,
     iters_per_epoch: int,
-    augment: bool,
     num_workers: int,
-    anisotropic: bool,
-    seed: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
-    """An endless-feeling loader: ``iters_per_epoch`` batches of random patches per epoch."""
-    chain = training_sampler(patch_size, num_classes, foreground_ratio, slice_axis if spatial_dims == 2 else None)
-    if augment:
-        chain += augmentation(spatial_dims, anisotropic)
-    transform = Compose(chain)
-    transform.set_random_state(seed=seed)
-    dataset = Dataset(list(volumes), transform)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * iters_per_epoch, generator=generator)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0
+    """``iters_per_epoch`` batches of random patches; cases drawn with replacement, sharded across ranks."""
+    torch.manual_seed(epoch_seed(seed, epoch, rank))
+    transform.set_random_state(seed=epoch_seed(seed, epoch, rank))
+    rng = np.random.default_rng(epoch_seed(seed, epoch))
+    picks = rng.integers(0, len(volumes), size=batch_size * iters_per_epoch * world)
+    dataset = Dataset([volumes[i] for i in picks], transform)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        if world > 1
+        else SequentialSampler(dataset)
     )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
 
 def train_epoch(
     model: torch.nn.Module,
-    batches: Iterator[dict],
+    loader: DataLoader,
     loss_fn: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
+    augment: BatchAugment | None = None,
+    generator: torch.Generator | None = None,
 ) -> float:
-    """One pass over ``batches``; returns the mean loss."""
+    """One pass over ``loader`` (augmenting each batch); returns the mean loss (averaged over ranks under DDP)."""
     model.train()
-    losses = []
-    for batch in batches:
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", enabled=scaler is not None):
-            loss = loss_fn(model(image), label)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            optimizer.step()
-        losses.append(float(loss.detach()))
-    return float(np.mean(losses))
+    total, count = 0.0, 0
+    tracking = get_track_meta()
+    set_track_meta(False)  # plain tensors: MONAI's metadata tracking is pure overhead while sampling patches
+    try:
+        for batch in loader:
+            image, label = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
+            if augment is not None:
+                image, label = augment(image, label, generator or torch.default_generator)
+            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=scaler is not None):
+                loss = loss_fn(model(image), label)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                optimizer.step()
+            total += float(loss.detach())
+            count += 1
+    finally:
+        set_track_meta(tracking)
+    sums = torch.tensor([total, count], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    return float(sums[0] / max(sums[1], 1))
 
 
 def dice_per_class(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -118,14 +144,28 @@ def dice_per_class(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> n
 
 @torch.no_grad()
 def validate(
-    model: torch.nn.Module, volumes: Sequence[dict], inferer: Inferer, num_classes: int, device: torch.device
+    model: torch.nn.Module,
+    volumes: Sequence[dict],
+    inferer: Inferer,
+    num_classes: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
 ) -> np.ndarray:
-    """Mean Dice per foreground class over whole validation volumes (in preprocessed space)."""
+    """Mean Dice per foreground class over whole validation volumes (in preprocessed space).
+
+    Under DDP each rank scores its share of the volumes and the sums are reduced across ranks.
+    """
     model.eval()
-    scores = []
-    for vol in volumes:
-        image = torch.as_tensor(vol["image"])[None].to(device)
+    sums = torch.zeros(2, num_classes - 1, dtype=torch.float64)
+    for vol in volumes[rank::world]:
+        image = torch.as_tensor(np.asarray(vol["image"]))[None].to(device)
         probs = predict_probabilities(model, image, inferer)
         pred = torch.argmax(probs, dim=1)[0].cpu()
-        scores.append(dice_per_class(pred, torch.as_tensor(vol["label"])[0], num_classes))
-    return np.nanmean(np.stack(scores), axis=0) if scores else np.full(num_classes - 1, np.nan)
+        dice = dice_per_class(pred, torch.as_tensor(np.asarray(vol["label"]))[0], num_classes)
+        valid = ~np.isnan(dice)
+        sums[0, valid] += torch.as_tensor(dice[valid])
+        sums[1, valid] += 1
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    return (sums[0] / sums[1]).numpy()  # NaN where no volume had the class

@@ -2,7 +2,10 @@
 
 Predictions come from :class:`pipeline.inference.Predictor`, the same code path as ``pipeline.predict``,
 so what is evaluated is what a user gets. ``metrics/per_case.csv`` (one row per case and class) is
-the source of truth; ``metrics/summary.json`` and MLflow are fed from it.
+the source of truth; ``metrics/summary.json``, ``metrics/per_case_dice.csv`` (DVC plot),
+``metrics/report.html`` and MLflow are fed from it. MLflow receives, on the run that trained the
+model: the summary as metrics, the per-case table (table artifact and CSV), the summary, the report
+and the lineage tags of :func:`pipeline.lineage.lineage_tags`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -19,27 +24,46 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import io
-from pipeline.config import Config, stage_args
-from pipeline.dataset import read_dataset
+from pipeline.compare import CSV_ARTIFACT, TABLE_ARTIFACT
+from pipeline.config import Config, stage_args, to_dict
+from pipeline.dataset import Case, read_dataset
 from pipeline.inference import Predictor
+from pipeline.lineage import lineage_tags
 from pipeline.metrics import EmptyPolicy, case_metrics, summarize
 from pipeline.model_folder import sha256
+from pipeline.report import Overlay, case_ranking, pick_cases, write_report
 from pipeline.sampling import read_samples
 from pipeline.tracking import run
 
 logger = logging.getLogger(__name__)
 
+REPORT_FILE = "report.html"
+DICE_PLOT_FILE = "per_case_dice.csv"
 
-def evaluate(cfg: Config) -> dict:
-    """Predict and score the test split; write the per-case table and the summary; log to MLflow."""
+
+class CasePredictor(Protocol):
+    """What evaluation needs from a predictor (:class:`pipeline.inference.Predictor` in the stage)."""
+
+    meta: dict
+    device: Any
+
+    def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]: ...
+
+
+def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
+    """Predict and score the test split; write the per-case table, summary and report; log to MLflow.
+
+    ``predictor`` defaults to the model folder ``cfg.train.out_dir``; tests pass a stand-in.
+    """
     e = cfg.evaluate
     info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
     samples = read_samples(cfg.sample.out_dir)
-    test_ids = set(samples.loc[samples.split == "test", "case_id"])
+    test_ids = set(samples.loc[samples.split == "test", "case_id"].astype(str))
     cases = [c for c in info.cases if c.case_id in test_ids]
     if not cases:
         raise SystemExit("evaluate: the split has no test cases; raise sample.test_fraction")
-    predictor = Predictor(cfg.train.out_dir)
+    if predictor is None:
+        predictor = Predictor(cfg.train.out_dir)
     labels = {int(k): v for k, v in predictor.meta["labels"].items()}
     ep = e.empty_policy
     policy = EmptyPolicy(ep.both_empty, ep.ref_empty_only, ep.pred_empty_only)
@@ -68,9 +92,74 @@ def evaluate(cfg: Config) -> dict:
     metrics_dir = Path(e.metrics_dir)
     io.write_csv(metrics_dir / "per_case.csv", per_case)
     io.write_json(metrics_dir / "summary.json", summary)
-    _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir)
+    io.write_csv(metrics_dir / DICE_PLOT_FILE, dice_plot_table(per_case))
+
+    tags = lineage_tags(cfg, device=str(predictor.device), model_meta=predictor.meta)
+    chosen = pick_cases(per_case)
+    ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
+    by_id = {c.case_id: c for c in cases}
+    overlays = (  # a generator: the report draws one case at a time
+        load_overlay(by_id[cid], Path(e.predictions_dir) / f"{cid}.nii.gz", role, float(ranking[cid]))
+        for role, cid in chosen.items()
+    )
+    write_report(
+        metrics_dir / REPORT_FILE,
+        per_case,
+        summary,
+        config=to_dict(cfg),
+        lineage=tags,
+        train_log=read_train_log(cfg.train.log_file),
+        overlays=overlays,
+        class_names=labels,
+        title=f"Evaluation of {len(cases)} test cases ({info.name})",
+    )
+    _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags)
     logger.info("mean Dice %.4f over %d test cases", summary["mean_dice"], len(cases))
     return summary
+
+
+def dice_plot_table(per_case: pd.DataFrame) -> pd.DataFrame:
+    """One row per case and class with a unique ``case_class`` label, for DVC's bar plots of Dice."""
+    out = per_case[["case_id", "class_name", "dice"]].copy()
+    out.insert(0, "case_class", out["case_id"].astype(str) + " / " + out["class_name"].astype(str))
+    return out
+
+
+def read_train_log(path: str | Path) -> pd.DataFrame | None:
+    """The learning-curve table written by training, or None when absent or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        logger.info("%s not found: the report has no learning curves", path)
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        logger.warning("%s unreadable (%s): the report has no learning curves", path, err)
+        return None
+
+
+def _to_ras(arrays: Sequence[np.ndarray], affine: np.ndarray, zooms: Sequence[float]) -> tuple[list, tuple]:
+    """Reorient 3D voxel arrays to the closest RAS axes for display; spacing permuted alike."""
+    ornt = nib.orientations.io_orientation(affine)
+    out = [nib.orientations.apply_orientation(a, ornt) for a in arrays]
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (new_axis, _) in enumerate(ornt):
+        spacing[int(new_axis)] = float(zooms[axis])
+    return out, tuple(spacing)
+
+
+def load_overlay(case: Case, prediction_file: Path, role: str, mean_dice: float) -> Overlay:
+    """Image (first channel), reference and saved prediction of one case, reoriented to RAS."""
+    img = nib.load(str(case.images[0]))
+    image = np.asanyarray(img.dataobj).astype(np.float32)
+    if image.ndim == 4:
+        image = image[..., 0]
+    reference = np.rint(np.asanyarray(nib.load(str(case.label)).dataobj)).astype(np.int16)
+    prediction = np.asanyarray(nib.load(str(prediction_file)).dataobj).astype(np.int16)
+    (image, reference, prediction), spacing = _to_ras(
+        [image, reference, prediction], img.affine, img.header.get_zooms()[:3]
+    )
+    return Overlay(role, case.case_id, image, reference, prediction, spacing, mean_dice)
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:
@@ -86,13 +175,24 @@ def summary_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-def _log_to_mlflow(cfg: Config, meta: dict, per_case: pd.DataFrame, summary: dict, metrics_dir: Path) -> None:
+def _log_to_mlflow(
+    cfg: Config, meta: dict, per_case: pd.DataFrame, summary: dict, metrics_dir: Path, lineage: dict[str, str]
+) -> None:
     run_id = meta.get("mlflow", {}).get("run_id")
     with run(cfg.mlflow, run_id=run_id, run_name="evaluate") as tracker:
         tracker.log_metrics(summary_metrics(summary))
-        tracker.set_tags({"evaluate.empty_policy": json.dumps(summary.get("empty_policy"))})
-        tracker.log_artifact(metrics_dir / "per_case.csv", "evaluation")
-        tracker.log_artifact(metrics_dir / "summary.json", "evaluation")
+        tracker.set_tags(
+            {
+                "evaluate.empty_policy": json.dumps(summary.get("empty_policy")),
+                "evaluate.bootstrap": json.dumps(summary.get("bootstrap")),
+                **lineage,
+            }
+        )
+        tracker.log_table(per_case, TABLE_ARTIFACT)
+        folder = str(Path(CSV_ARTIFACT).parent)  # where pipeline.compare looks for per_case.csv
+        for name in ("per_case.csv", "summary.json", REPORT_FILE):
+            tracker.log_artifact(metrics_dir / name, folder)
+        logger.info("logged the evaluation to MLflow run %s (%s)", tracker.run_id, tracker.uri)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,30 @@
-"""Sliding-window (3D) and slice-wise (2D) inference, and prediction back in each scan's own geometry."""
+"""Sliding-window (3D) and slice-wise (2D) inference, and prediction back in each scan's own geometry.
+
+The path of one scan (:meth:`Predictor.predict`):
+
+1. the deterministic chain of :func:`pipeline.transforms.preprocessing` (load, channel first, RAS,
+   resample, crop to the body, normalise), exactly as for the training volumes;
+2. MONAI's :class:`~monai.inferers.SlidingWindowInferer` (3D models, Gaussian blending) or
+   :class:`~monai.inferers.SliceInferer` (2D models, slice by slice along the trained axis). Each window
+   goes through :class:`WindowPredictor` (softmax, optional mirroring TTA per window), so the blended
+   output is a probability map and no full-volume softmax or flipped full-volume copy is ever made;
+3. the chain's inverse (``Invertd``: un-crop, resample back, reorient) one class channel at a time,
+   keeping a running arg-max on the scan's own voxel grid.
+
+Memory on large volumes: windows are streamed from the (CPU) volume to the model's device and blended
+into an accumulator kept on the CPU. Above ``half_precision_voxels`` voxels (preprocessed grid) the
+volume and the accumulator are held in float16 (the network itself still runs in float32 on each
+window), halving the largest buffers; the inversion then works on one float32 channel at a time, so
+the native-resolution probabilities of all classes never exist at once.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -12,14 +33,29 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
-from monai.transforms import Invertd
+from monai.transforms import Compose, Invertd, LoadImaged
+from scipy import ndimage
 
+from pipeline import io
 from pipeline.dataset import Case
 from pipeline.model_folder import load_model_folder
-from pipeline.preprocessing import Plan, case_data
+from pipeline.preprocessing import case_data
 from pipeline.transforms import preprocessing
 
+try:  # the planner's Plan (intensity schemes, slow axis, interpolation); older trees only have the basic one
+    from pipeline.plan import Plan
+except ImportError:  # pragma: no cover - depends on the tree
+    from pipeline.preprocessing import Plan
+
 logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: preprocessed voxels above which the volume and the blended output are held in float16
+DEFAULT_HALF_PRECISION_VOXELS = 32_000_000
+
+
+class UnreadableScanError(ValueError):
+    """A scan file that cannot be read as an image; the message names the file."""
 
 
 def default_device() -> torch.device:
@@ -33,73 +69,319 @@ def build_inferer(
     overlap: float = 0.5,
     sw_batch_size: int = 8,
     blend: str = "gaussian",
+    sw_device: str | torch.device | None = None,
+    device: str | torch.device | None = None,
 ) -> Inferer:
-    """MONAI's sliding-window inferer for 3D models, its slice inferer for 2D models."""
-    kwargs = {"roi_size": tuple(patch_size), "sw_batch_size": sw_batch_size, "overlap": overlap, "mode": blend}
+    """MONAI's sliding-window inferer for 3D models, its slice inferer for 2D models.
+
+    ``sw_device`` is where windows are run, ``device`` where the blended output is accumulated
+    (both default to the input's device).
+    """
+    kwargs = {
+        "roi_size": tuple(patch_size),
+        "sw_batch_size": sw_batch_size,
+        "overlap": overlap,
+        "mode": blend,
+        "sw_device": sw_device,
+        "device": device,
+    }
     if spatial_dims == 3:
         return SlidingWindowInferer(**kwargs)
     return SliceInferer(spatial_dim=slice_axis, **kwargs)
 
 
-def mirror_axes(spatial_dims: int, slice_axis: int) -> list[tuple[int, ...]]:
-    """Flip combinations (tensor dims of a (B, C, X, Y, Z) volume) used for mirroring TTA."""
-    axes = [a for a in range(3) if spatial_dims == 3 or a != slice_axis]
-    dims = [a + 2 for a in axes]
+def mirror_axes(spatial_dims: int, slice_axis: int | None = None) -> list[tuple[int, ...]]:
+    """Flip combinations of a window's spatial dims ((B, C, *spatial) tensors) for mirroring TTA.
+
+    A 2D model sees 2D windows (the slice axis is already removed), so ``slice_axis`` is not needed;
+    it is accepted for backward compatibility.
+    """
+    dims = list(range(2, 2 + spatial_dims))
     return [c for r in range(1, len(dims) + 1) for c in combinations(dims, r)]
+
+
+class WindowPredictor(torch.nn.Module):
+    """Wraps a logits network: softmax probabilities of a window, averaged over its mirrored copies.
+
+    The window is fed to the network in float32 whatever the volume's dtype, and the result is returned
+    in the window's dtype (so a float16 volume gets a float16 accumulator in MONAI's inferers).
+    """
+
+    def __init__(self, model: torch.nn.Module, mirror: Sequence[tuple[int, ...]] = ()) -> None:
+        super().__init__()
+        self.model = model
+        self.mirror = [tuple(d) for d in mirror]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        with torch.autocast("cuda", enabled=x.device.type == "cuda"):
+            probs = torch.softmax(self.model(x).float(), dim=1)
+            for dims in self.mirror:
+                probs += torch.flip(torch.softmax(self.model(torch.flip(x, dims)).float(), dim=1), dims)
+        if self.mirror:
+            probs /= 1 + len(self.mirror)
+        return probs.to(dtype)
 
 
 @torch.no_grad()
 def predict_probabilities(
     model: torch.nn.Module, image: torch.Tensor, inferer: Inferer, mirror: Sequence[tuple[int, ...]] = ()
 ) -> torch.Tensor:
-    """Softmax probabilities (B, K, X, Y, Z) of a batch of whole volumes, averaged over mirrorings."""
-    use_amp = image.device.type == "cuda"
-    with torch.autocast("cuda", enabled=use_amp):
-        probs = torch.softmax(inferer(image, model).float(), dim=1)
-        for dims in mirror:
-            flipped = inferer(torch.flip(image, dims), model).float()
-            probs += torch.flip(torch.softmax(flipped, dim=1), dims)
-    return probs / (1 + len(mirror))
+    """Softmax probabilities (B, K, X, Y, Z), float32, of a batch of whole preprocessed volumes.
+
+    ``mirror`` are window dims to flip (see :func:`mirror_axes`); probabilities are blended per window.
+    """
+    return inferer(image, WindowPredictor(model, mirror)).float()
+
+
+def keep_largest_component(labels: np.ndarray, classes: Iterable[int]) -> np.ndarray:
+    """Keep only the largest connected component (26-connectivity) of each class; the rest becomes 0.
+
+    Works in place on ``labels`` (and returns it). Equivalent to MONAI's
+    ``KeepLargestConnectedComponent(applied_labels=classes, independent=True)``, computed with
+    ``scipy.ndimage`` (MONAI's CPU path needs scikit-image, which is not a dependency) and only inside
+    each class's bounding box.
+    """
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+    for k in classes:
+        box = ndimage.find_objects((labels == k).astype(np.uint8))
+        if not box or box[0] is None:
+            continue
+        sub = labels[box[0]]
+        mask = sub == k
+        components, n = ndimage.label(mask, structure)
+        if n <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        sub[mask & (components != int(sizes.argmax()))] = 0
+    return labels
+
+
+def reference_image(path: str | Path) -> nib.Nifti1Image:
+    """The scan as NIfTI (header and lazily read data); raises :class:`UnreadableScanError`."""
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same to the user
+        raise UnreadableScanError(f"{path}: cannot read the scan ({_one_line(err)})") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        img = nib.Nifti1Image(img.dataobj, img.affine)
+    return img
+
+
+def itk_to_nifti(path: str | Path, out: str | Path) -> Path:
+    """Convert an ITK image (NRRD, MHA, MHD) to NIfTI on the same voxel grid (LPS -> RAS affine)."""
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise UnreadableScanError(f"{path}: cannot read the scan ({_one_line(err)})") from None
+    if img.GetDimension() != 3:
+        raise UnreadableScanError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+    array = sitk.GetArrayFromImage(img)  # (z, y, x[, components])
+    array = np.moveaxis(array, (0, 1, 2), (2, 1, 0))  # -> (x, y, z[, components])
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(img.GetSpacing())[None, :]
+    affine[:3, 3] = img.GetOrigin()
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK is LPS, NIfTI is RAS
+    nii = nib.Nifti1Image(np.ascontiguousarray(array), affine)
+    nii.set_sform(affine, 1)
+    nii.set_qform(affine, 1)
+    nib.save(nii, str(out))
+    return Path(out)
+
+
+def chain_kwargs(plan: Plan) -> dict:
+    """Arguments of :func:`pipeline.transforms.preprocessing` that rebuild the chain the plan was trained with."""
+    if hasattr(plan, "transform_kwargs"):
+        return plan.transform_kwargs()
+    return {
+        "target_spacing": plan.target_spacing,
+        "normalization": plan.normalization,
+        "crop_foreground": plan.crop_foreground,
+    }
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, path: str | Path) -> Path:
+    """Write (X, Y, Z, K) probabilities stored as uint8 with slope 1/255 on the reference's grid.
+
+    Readers that apply the NIfTI scaling (nibabel ``get_fdata``, ITK-SNAP, 3D Slicer) see values in [0, 1].
+    """
+    if tuple(probabilities.shape[:3]) != tuple(reference.shape[:3]):
+        raise ValueError(f"{path}: probabilities {probabilities.shape} do not match reference {reference.shape}")
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    img = nib.Nifti1Image(probabilities, reference.affine, header=header)
+    sform, scode = reference.header.get_sform(coded=True)
+    qform, qcode = reference.header.get_qform(coded=True)
+    img.set_sform(sform if sform is not None else reference.affine, int(scode))
+    img.set_qform(qform if qform is not None else reference.affine, int(qcode))
+    img.header.set_slope_inter(1.0 / 255.0, 0.0)
+    img.header["intent_code"] = 1007  # NIFTI_INTENT_VECTOR: one value per class
+    return io.write_atomic(path, lambda p: nib.save(img, str(p)))
+
+
+@dataclass
+class Prediction:
+    """One scan's prediction on its own voxel grid."""
+
+    labels: np.ndarray  # uint8 (X, Y, Z), the scan's shape
+    reference: nib.Nifti1Image  # the scan (its header is what the mask is written with)
+    probabilities: np.ndarray | None  # uint8 (X, Y, Z, K), probability * 255, or None
+    seconds: float
+    half_precision: bool
+
+
+def _quantize(p: torch.Tensor) -> np.ndarray:
+    return torch.round(p.clamp(0, 1) * 255).to(torch.uint8).numpy()
 
 
 class Predictor:
-    """Runs a trained model folder on scans and returns label maps on each scan's own voxel grid."""
+    """Runs a trained model folder on scans and returns label maps on each scan's own voxel grid.
+
+    ``Predictor(model_dir)`` loads a model folder (see :mod:`pipeline.model_folder`). Tests and tools
+    may instead pass an already built ``model`` with its ``meta`` (same keys as ``model.json``).
+    ``mirror_tta``, ``keep_largest`` and ``half_precision`` (None: by volume size) override the folder's
+    inference settings.
+    """
 
     def __init__(
-        self, model_dir: str | Path, device: str | torch.device | None = None, mirror_tta: bool | None = None
+        self,
+        model_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        mirror_tta: bool | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        meta: dict | None = None,
+        keep_largest: bool | None = None,
+        half_precision: bool | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
-        self.model, self.meta = load_model_folder(model_dir, self.device)
+        if model is not None:
+            if meta is None:
+                raise ValueError("Predictor: a model needs its meta (the model.json entries)")
+            self.model, self.meta = model.to(self.device).eval(), meta
+        elif model_dir is not None:
+            self.model, self.meta = load_model_folder(model_dir, self.device)
+        else:
+            raise ValueError("Predictor: give a model folder or a model with its meta")
         self.plan = Plan.from_dict(self.meta["plan"])
+        self.labels = {int(k): v for k, v in self.meta.get("labels", self.meta["plan"]["labels"]).items()}
+        self.num_classes = int(self.meta["num_classes"])
         inf = self.meta.get("inference", {})
-        slice_axis = self.meta.get("slice_axis", 2)
+        self.spatial_dims = int(self.meta["spatial_dims"])
+        slice_axis = int(self.meta.get("slice_axis", 2))
         self.inferer = build_inferer(
-            self.meta["spatial_dims"],
+            self.spatial_dims,
             self.meta["patch_size"],
             slice_axis,
             inf.get("overlap", 0.5),
             inf.get("sw_batch_size", 8),
             inf.get("blend", "gaussian"),
+            sw_device=self.device,
+            device="cpu",
         )
         use_tta = inf.get("mirror_tta", False) if mirror_tta is None else mirror_tta
-        self.mirror = mirror_axes(self.meta["spatial_dims"], slice_axis) if use_tta else []
-        self.chain = preprocessing(
-            self.plan.target_spacing,
-            with_label=False,
-            normalization=self.plan.normalization,
-            crop_foreground=self.plan.crop_foreground,
-        )
+        self.mirror = mirror_axes(self.spatial_dims) if use_tta else []
+        self.window = WindowPredictor(self.model, self.mirror)
+        self.keep_largest = inf.get("keep_largest_component", False) if keep_largest is None else keep_largest
+        self.half_precision = half_precision
+        self.half_precision_voxels = inf.get("half_precision_voxels", DEFAULT_HALF_PRECISION_VOXELS)
+        self.chain = preprocessing(with_label=False, **chain_kwargs(self.plan))
+        first = self.chain.transforms[0]
+        if not isinstance(first, LoadImaged):  # pragma: no cover - guards a change in transforms.py
+            raise TypeError("the preprocessing chain must start with LoadImaged")
+        self._load, self._rest = first, Compose(self.chain.transforms[1:])
         self.invert = Invertd("pred", transform=self.chain, orig_keys="image", nearest_interp=False)
+
+    def _use_half(self, voxels: int) -> bool:
+        if self.half_precision is not None:
+            return self.half_precision
+        return self.half_precision_voxels is not None and voxels > self.half_precision_voxels
+
+    def _to_native(self, channel: torch.Tensor, stub: MetaTensor) -> torch.Tensor:
+        """One preprocessed-grid channel (X', Y', Z') back on the scan's grid (float32)."""
+        data = {"image": stub, "pred": MetaTensor(channel[None].float())}
+        return self.invert(data)["pred"][0].as_tensor()
+
+    def predict(self, case: Case, probabilities: bool = False) -> Prediction:
+        """Predict one scan (label-free); also its class probabilities on its grid if asked."""
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+            images = tuple(
+                p if is_nifti(p) else itk_to_nifti(p, Path(tmp) / f"{i}.nii.gz") for i, p in enumerate(case.images)
+            )
+            reference = reference_image(images[0])
+            try:
+                data = self._load(case_data(Case(case.case_id, images, None)))
+            except Exception as err:  # noqa: BLE001 - reported as one clear line
+                raise UnreadableScanError(
+                    f"{case.images[0]}: cannot read the scan ({_one_line(_root_cause(err))})"
+                ) from err
+            if images[0] != case.images[0]:  # converted copy: keep its header only, the file goes away
+                shape = reference.shape
+                reference = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), reference.affine, reference.header)
+        data = self._rest(data)
+        image: MetaTensor = data.pop("image")
+        stub = MetaTensor(torch.zeros(1), meta=image.meta, applied_operations=image.applied_operations)
+        half = self._use_half(int(np.prod(image.shape[1:])))
+        volume = image.as_tensor()[None].to(torch.float16 if half else torch.float32)
+        del image, data
+        with torch.no_grad():
+            probs = self.inferer(volume, self.window)[0]  # (K, X', Y', Z') on the CPU
+        del volume
+        labels, native_probs = self._argmax_native(probs, stub, probabilities)
+        del probs
+        if self.keep_largest:
+            keep_largest_component(labels, range(1, self.num_classes))  # probabilities stay as predicted
+        if labels.shape != tuple(reference.shape[:3]):
+            raise RuntimeError(f"{case.images[0]}: prediction shape {labels.shape} != image shape {reference.shape}")
+        seconds = time.monotonic() - t0
+        return Prediction(labels, reference, native_probs, seconds, half)
+
+    def _argmax_native(
+        self, probs: torch.Tensor, stub: MetaTensor, keep_probabilities: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Running arg-max over classes, each inverted to the scan's grid on its own (bounded memory).
+
+        The background is inverted as ``1 - p0`` so that voxels outside the cropped field of view (padded
+        with zeros by the inverse crop) come back as background with probability 1.
+        """
+        best = 1.0 - self._to_native(1.0 - probs[0].float(), stub)
+        labels = torch.zeros(best.shape, dtype=torch.uint8)
+        out = None
+        if keep_probabilities:
+            out = np.empty((*best.shape, probs.shape[0]), dtype=np.uint8)
+            out[..., 0] = _quantize(best)
+        for k in range(1, probs.shape[0]):
+            pk = self._to_native(probs[k], stub)
+            labels[pk > best] = k
+            torch.maximum(best, pk, out=best)
+            if out is not None:
+                out[..., k] = _quantize(pk)
+            del pk
+        return labels.numpy(), out
 
     def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]:
         """Label map (uint8) with exactly the shape of the case's image file, and that image."""
-        data = self.chain(case_data(Case(case.case_id, case.images, None)))
-        image: MetaTensor = data["image"]
-        probs = predict_probabilities(self.model, image[None].to(self.device), self.inferer, self.mirror)[0]
-        data["pred"] = MetaTensor(probs.cpu(), meta=image.meta)
-        native = self.invert(data)["pred"]
-        labels = torch.argmax(native, dim=0).numpy().astype(np.uint8)
-        reference = nib.load(str(case.images[0]))
-        if labels.shape != tuple(reference.shape[:3]):
-            raise RuntimeError(f"{case.images[0]}: prediction shape {labels.shape} != image shape {reference.shape}")
-        return labels, reference
+        pred = self.predict(case)
+        return pred.labels, pred.reference

@@ -42,8 +42,14 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, meta: dict) ->
     return folder
 
 
+REQUIRED = ("model", "spatial_dims", "in_channels", "num_classes", "plan", "patch_size", "weights_sha256")
+
+
 def read_meta(folder: str | Path) -> dict:
+    """``model.json`` of a model folder, checked for the entries prediction needs and their consistency."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: model folder not found")
     path = folder / META
     if not path.is_file():
         raise ModelFolderError(f"{path}: not found; is {folder} a model folder written by the train stage?")
@@ -51,14 +57,30 @@ def read_meta(folder: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ModelFolderError(f"{path}: not valid JSON ({err})") from None
-    missing = {"model", "spatial_dims", "in_channels", "num_classes", "plan", "patch_size", "weights_sha256"} - set(
-        meta
-    )
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{path}: top level is not an object")
+    missing = set(REQUIRED) - set(meta)
     if missing:
         raise ModelFolderError(f"{path}: missing entries {sorted(missing)}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelFolderError(f"{path}: format version {meta.get('format_version')} is not {FORMAT_VERSION}")
+    check_meta(meta, path)
     return meta
+
+
+def check_meta(meta: dict, source: str | Path = META) -> None:
+    """Refuse metadata whose parts contradict each other (e.g. labels vs number of classes)."""
+    dims = meta["spatial_dims"]
+    if dims not in (2, 3) or len(meta["patch_size"]) != dims:
+        raise ModelFolderError(f"{source}: patch_size {meta['patch_size']} does not fit spatial_dims {dims}")
+    plan = meta["plan"]
+    missing = {"target_spacing", "normalization", "crop_foreground", "labels"} - set(plan)
+    if missing:
+        raise ModelFolderError(f"{source}: plan is missing {sorted(missing)}")
+    labels = meta.get("labels", plan["labels"])
+    keys = sorted(int(k) for k in labels)
+    if not keys or keys[0] != 0 or keys[-1] != int(meta["num_classes"]) - 1:
+        raise ModelFolderError(f"{source}: labels {sorted(labels)} do not match num_classes {meta['num_classes']}")
 
 
 def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -76,7 +98,11 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
         out_channels=meta["num_classes"],
         **meta["model"],
     )
-    state = torch.load(weights, map_location=device, weights_only=True)
+    try:
+        state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt file or pickled objects beyond tensors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFolderError(f"{weights}: cannot be loaded as a plain state dict ({first})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

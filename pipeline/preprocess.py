@@ -1,4 +1,7 @@
-"""Stage: validate and preprocess the raw dataset into ``preprocess.out_dir``."""
+"""Stage: validate, fingerprint and plan, then preprocess the raw dataset into ``preprocess.out_dir``.
+
+Rerunning after an interrupted run only does the cases that are not finished (see :mod:`pipeline.preprocessing`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import sys
 
 from pipeline.config import stage_args
 from pipeline.dataset import read_dataset
-from pipeline.preprocessing import fingerprint_dataset, make_plan, preprocess_dataset
+from pipeline.preprocessing import plan_dataset, preprocess_dataset
 from pipeline.validation import validate_or_exit
 
 
@@ -15,10 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _, cfg = stage_args(__doc__, argv)
     info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
-    validate_or_exit(info)
     p = cfg.preprocess
-    fingerprints = fingerprint_dataset(info)
-    plan = make_plan(info, fingerprints, p.target_spacing, p.normalization, p.crop_foreground)
+    if p.workers < 1 or p.foreground_samples < 1:
+        raise SystemExit(f"preprocess.workers and preprocess.foreground_samples must be >= 1 (got {p})")
+    validate_or_exit(info, p.workers)
+    plan, fingerprints = plan_dataset(info, p)
     preprocess_dataset(info, plan, p.out_dir, fingerprints, p.workers)
     return 0
 

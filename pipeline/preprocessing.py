@@ -1,98 +1,63 @@
-"""Preprocess a dataset: fingerprint, plan the target spacing, run the deterministic chain per case."""
+"""Preprocess a dataset: fingerprint, plan, then run the deterministic chain on every case.
+
+Output folder (``preprocess.out_dir``)::
+
+    fingerprint.csv             per-case fingerprint (pipeline.plan), fingerprint_samples.npz its intensity samples
+    images/<id>.npy             (C, X, Y, Z) float32 on the RAS target grid, cropped, normalised
+    labels/<id>.npy             (1, X, Y, Z) uint8
+    meta/<id>.json              the case's geometry and statistics; written last: the case's "done" marker
+    cases.csv                   fingerprint + per-case statistics after preprocessing
+    plans.json                  the plan (Plan.to_dict)
+
+Every file is written atomically (temporary file, then rename), so a killed run never leaves a file that
+looks complete. A rerun skips every case whose marker matches the current plan and whose files are
+present with the recorded sizes, and removes temporary files a killed run left behind.
+
+The geometry record (``meta/<id>.json`` -> ``geometry``) holds what puts a prediction back on the scan's
+own grid: original shape, affine and orientation, the RAS resampled shape, the crop box and the final
+affine; :func:`to_original_grid` does it.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
-from tqdm import tqdm
+from scipy import ndimage
 
 from pipeline import io
+from pipeline.config import PreprocessConfig
 from pipeline.dataset import Case, DatasetInfo
+from pipeline.plan import FINGERPRINT_FILE, Plan, fingerprint_dataset, make_plan, run_pool
 from pipeline.transforms import preprocessing
+
+__all__ = [
+    "CASES_FILE",
+    "FINGERPRINT_FILE",
+    "PLANS_FILE",
+    "Plan",
+    "case_data",
+    "fingerprint_dataset",
+    "load_plan",
+    "make_plan",
+    "plan_dataset",
+    "preprocess_case",
+    "preprocess_dataset",
+    "read_case_meta",
+    "to_original_grid",
+]
 
 logger = logging.getLogger(__name__)
 
 PLANS_FILE = "plans.json"
 CASES_FILE = "cases.csv"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What preprocessing did, and what inference must redo on a new scan."""
-
-    target_spacing: tuple[float, float, float]
-    normalization: str
-    crop_foreground: bool
-    labels: dict[int, str]
-    modalities: dict[int, str]
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels) + 1
-
-    def to_dict(self) -> dict:
-        return {
-            "target_spacing": list(self.target_spacing),
-            "normalization": self.normalization,
-            "crop_foreground": self.crop_foreground,
-            "labels": {str(k): v for k, v in self.labels.items()},
-            "modalities": {str(k): v for k, v in self.modalities.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Plan:
-        return cls(
-            tuple(float(s) for s in d["target_spacing"]),  # type: ignore[arg-type]
-            d["normalization"],
-            bool(d["crop_foreground"]),
-            {int(k): v for k, v in d["labels"].items()},
-            {int(k): v for k, v in d["modalities"].items()},
-        )
-
-
-def header_fingerprint(case: Case) -> dict:
-    """Geometry of a case read from its header only (no voxel data)."""
-    img = nib.load(str(case.images[0]))
-    zooms = img.header.get_zooms()[:3]
-    ornt = nib.orientations.io_orientation(img.affine)
-    # spacing after reorientation to RAS: permute the zooms like the axes
-    ras_spacing = [float(zooms[int(ax)]) for ax in np.argsort(ornt[:, 0])]
-    return {
-        "case_id": case.case_id,
-        "shape": "x".join(str(s) for s in img.shape),
-        "spacing": "x".join(f"{z:.4g}" for z in zooms),
-        "orientation": "".join(nib.aff2axcodes(img.affine)),
-        "dtype": str(img.get_data_dtype()),
-        "ras_spacing_0": ras_spacing[0],
-        "ras_spacing_1": ras_spacing[1],
-        "ras_spacing_2": ras_spacing[2],
-    }
-
-
-def plan_spacing(fingerprints: pd.DataFrame) -> tuple[float, float, float]:
-    """Median spacing per RAS axis."""
-    return tuple(float(np.median(fingerprints[f"ras_spacing_{i}"])) for i in range(3))  # type: ignore[return-value]
-
-
-def make_plan(
-    info: DatasetInfo,
-    fingerprints: pd.DataFrame,
-    target_spacing: Sequence[float] | None,
-    normalization: str,
-    crop_foreground: bool,
-) -> Plan:
-    """Fill the plan from the config, planning what the config leaves open."""
-    spacing = tuple(float(s) for s in target_spacing) if target_spacing else plan_spacing(fingerprints)
-    return Plan(spacing, normalization, crop_foreground, dict(info.labels), dict(info.modalities))  # type: ignore[arg-type]
+META_DIR = "meta"
+_SUBDIRS = ("images", "labels", META_DIR)
 
 
 def case_data(case: Case) -> dict:
@@ -104,57 +69,169 @@ def case_data(case: Case) -> dict:
     return data
 
 
-def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> dict:
-    """Run the chain on one case, write ``images/<id>.npy`` and ``labels/<id>.npy``; return its stats row."""
-    chain = preprocessing(plan.target_spacing, case.label is not None, plan.normalization, plan.crop_foreground)
-    out = chain(case_data(case))
-    image = out["image"].numpy().astype(np.float32)
+def _geometry(image: object) -> dict:
+    """Geometry record of a preprocessed MetaTensor (see the module docstring)."""
+    meta = image.meta  # type: ignore[attr-defined]
+    original_affine = np.asarray(meta["original_affine"], dtype=np.float64)
+    crop = next((op for op in image.applied_operations if "cropped" in op.get("extra_info", {})), None)  # type: ignore[attr-defined]
+    shape = [int(s) for s in image.shape[1:]]  # type: ignore[attr-defined]
+    if crop is not None:
+        cut = [int(c) for c in crop["extra_info"]["cropped"]]
+        start, end = cut[0::2], cut[1::2]
+        resampled = [int(s) for s in crop["orig_size"]]
+    else:
+        start, end, resampled = [0, 0, 0], [0, 0, 0], shape
+    affine = np.asarray(image.affine, dtype=np.float64)  # type: ignore[attr-defined]
+    return {
+        "original_shape": [int(s) for s in meta["spatial_shape"]],
+        "original_affine": original_affine.tolist(),
+        "original_orientation": "".join(nib.aff2axcodes(original_affine)),
+        "original_spacing": np.linalg.norm(original_affine[:3, :3], axis=0).tolist(),
+        "resampled_shape": resampled,
+        "crop_start": start,
+        "crop_end": end,
+        "shape": shape,
+        "affine": affine.tolist(),
+        "spacing": np.linalg.norm(affine[:3, :3], axis=0).tolist(),
+    }
+
+
+def to_original_grid(array: np.ndarray, geometry: Mapping, order: int = 0, cval: float = 0.0) -> np.ndarray:
+    """An (X', Y', Z') array on the preprocessed grid, resampled onto the scan's own voxel grid.
+
+    Undoes crop, resampling and reorientation in one step through the two affines of ``geometry``
+    (``order`` 0 for labels); voxels outside the crop box get ``cval``.
+    """
+    to_pre = np.linalg.inv(np.asarray(geometry["affine"])) @ np.asarray(geometry["original_affine"])
+    return ndimage.affine_transform(
+        np.asarray(array),
+        to_pre[:3, :3],
+        offset=to_pre[:3, 3],
+        output_shape=tuple(int(s) for s in geometry["original_shape"]),
+        order=order,
+        mode="constant",
+        cval=cval,
+    )
+
+
+_CHAINS: dict[tuple[str, bool], object] = {}
+
+
+def _chain(plan: Plan, with_label: bool) -> object:
+    key = (plan.volume_hash(), with_label)
+    if key not in _CHAINS:
+        _CHAINS[key] = preprocessing(with_label=with_label, **plan.transform_kwargs())
+    return _CHAINS[key]
+
+
+def preprocess_case(case: Case, plan: Plan, out_dir: str | Path) -> dict:
+    """Run the chain on one case; write its volumes, then its ``meta/<id>.json`` marker; return its row."""
+    out_dir = Path(out_dir)
+    out = _chain(plan, case.label is not None)(case_data(case))  # type: ignore[operator]
+    image = out["image"].numpy().astype(np.float32, copy=False)
     row: dict = {"case_id": case.case_id, "preprocessed_shape": "x".join(str(s) for s in image.shape[1:])}
-    io.write_npy(out_dir / "images" / f"{case.case_id}.npy", image)
+    files = {"image": f"images/{case.case_id}.npy"}
+    io.write_npy(out_dir / files["image"], image)
     if case.label is not None:
         label = np.rint(out["label"].numpy()).astype(np.uint8)
-        io.write_npy(out_dir / "labels" / f"{case.case_id}.npy", label)
+        files["label"] = f"labels/{case.case_id}.npy"
+        io.write_npy(out_dir / files["label"], label)
+        counts = np.bincount(label.ravel(), minlength=plan.num_classes)
         for k in plan.labels:
             if k:
-                row[f"voxels_{k}"] = int((label == k).sum())
+                row[f"preprocessed_voxels_{k}"] = int(counts[k]) if k < counts.size else 0
     row["intensity_mean"] = float(image.mean())
     row["intensity_std"] = float(image.std())
+    marker = {
+        "case_id": case.case_id,
+        "plan_hash": plan.volume_hash(),
+        "files": {k: {"path": v, "bytes": (out_dir / v).stat().st_size} for k, v in files.items()},
+        "row": row,
+        "geometry": _geometry(out["image"]),
+    }
+    io.write_json(out_dir / META_DIR / f"{case.case_id}.json", marker)
     return row
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
+def read_case_meta(out_dir: str | Path, case_id: str) -> dict:
+    """The ``meta/<id>.json`` record of a preprocessed case (geometry, statistics, files)."""
+    return json.loads((Path(out_dir) / META_DIR / f"{case_id}.json").read_text())
+
+
+def _finished_row(out_dir: Path, case: Case, plan_hash: str) -> dict | None:
+    """The case's row if its outputs are complete and match the plan, else None."""
+    try:
+        marker = read_case_meta(out_dir, case.case_id)
+        if marker.get("plan_hash") != plan_hash:
+            return None
+        if ("label" in marker["files"]) != (case.label is not None):
+            return None
+        for entry in marker["files"].values():
+            if (out_dir / entry["path"]).stat().st_size != entry["bytes"]:
+                return None
+        return dict(marker["row"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_temporaries(out_dir: Path) -> int:
+    """Delete the temporary files (``.<name>.*.tmp*``) a killed run left in the output folders."""
+    removed = 0
+    for sub in _SUBDIRS:
+        folder = out_dir / sub
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp*"):
+                path.unlink(missing_ok=True)
+                removed += 1
+    for path in out_dir.glob(".*.tmp*") if out_dir.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _run_one(args: tuple[Case, Plan, Path]) -> dict:
     return preprocess_case(*args)
 
 
-def fingerprint_dataset(info: DatasetInfo) -> pd.DataFrame:
-    """Header fingerprint of every case, one row each."""
-    return pd.DataFrame([header_fingerprint(c) for c in info.cases])
-
-
 def preprocess_dataset(
     info: DatasetInfo, plan: Plan, out_dir: str | Path, fingerprints: pd.DataFrame, workers: int = 1
 ) -> pd.DataFrame:
-    """Preprocess every case (in a process pool when ``workers`` > 1) and write plans and the case table."""
+    """Preprocess every case not already done (in a process pool when ``workers`` > 1); write the tables.
+
+    Returns the case table (fingerprint + per-case statistics), also written as ``cases.csv``.
+    """
     out_dir = Path(out_dir)
-    jobs = [(c, plan, out_dir) for c in info.cases]
-    if workers > 1:
-        ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            rows = list(tqdm(pool.map(_run_one, jobs), total=len(jobs), desc="preprocess", unit="case"))
-    else:
-        rows = [_run_one(j) for j in tqdm(jobs, desc="preprocess", unit="case")]
-    table = fingerprints.merge(pd.DataFrame(rows), on="case_id")
+    if removed := _remove_temporaries(out_dir):
+        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+    plan_hash = plan.volume_hash()
+    rows: dict[str, dict] = {}
+    todo = []
+    for case in info.cases:
+        row = _finished_row(out_dir, case, plan_hash)
+        if row is None:
+            todo.append((case, plan, out_dir))
+        else:
+            rows[case.case_id] = row
+    if rows:
+        logger.info("%d case(s) already preprocessed with this plan, %d to do", len(rows), len(todo))
+    for row in run_pool(_run_one, todo, workers, "preprocess"):
+        rows[row["case_id"]] = row
+    per_case = pd.DataFrame([rows[c.case_id] for c in info.cases])
+    order = ["case_id", "preprocessed_shape", *(f"preprocessed_voxels_{k}" for k in sorted(plan.labels) if k)]
+    order += ["intensity_mean", "intensity_std"]
+    per_case = per_case[[c for c in order if c in per_case] + [c for c in per_case if c not in order]]
+    table = fingerprints.merge(per_case, on="case_id")
     io.write_csv(out_dir / CASES_FILE, table)
     io.write_json(out_dir / PLANS_FILE, plan.to_dict())
     logger.info("preprocessed %d cases to %s (spacing %s)", len(rows), out_dir, plan.target_spacing)
     return table
 
 
-def load_plan(preprocessed_dir: str | Path) -> Plan:
-    import json
+def plan_dataset(info: DatasetInfo, cfg: PreprocessConfig) -> tuple[Plan, pd.DataFrame]:
+    """Fingerprint (cached in ``cfg.out_dir``) and plan; returns the plan and the fingerprint table."""
+    fingerprints, samples = fingerprint_dataset(info, cfg.workers, cfg.foreground_samples, cache_dir=cfg.out_dir)
+    return make_plan(info, fingerprints, samples, cfg), fingerprints
 
+
+def load_plan(preprocessed_dir: str | Path) -> Plan:
     return Plan.from_dict(json.loads((Path(preprocessed_dir) / PLANS_FILE).read_text()))

@@ -61,7 +61,7 @@ _BACKGROUND = 0.12
 _BODY = 1.0
 _ORGAN = 1.35
 _LESION = 0.70
-_NOISE_SIGMA = 0.11
+_NOISE_SIGMA = 0.09
 
 # Nominal offset (mm, RAS) of the organ centre from the volume centre: the organ
 # sits right-anterior of centre, so orientation mistakes are detectable.
@@ -195,7 +195,7 @@ def make_synthetic_case(
         if not inside[0] or inside.all():
             continue
         surf = pts[:, np.argmin(inside)]
-        les_r = rng.uniform(4.0, 7.0, 3)
+        les_r = rng.uniform(4.5, 7.0, 3)
         les_c = surf + direction * rng.uniform(-0.35, 0.25) * les_r.mean()
         # lesion must lie in the slab and inside the body
         margin = les_r.max() + 1.0
@@ -231,6 +231,23 @@ def make_synthetic_case(
                 distract |= blob
                 break
 
+    # ---- vessels: thin dark tubes inside the organ core (still label 1), so organ and
+    # lesion intensities overlap and the lesion must be recognised by shape/context
+    core = ndimage.distance_transform_edt(label == 1, sampling=sp) > 3.0
+    core &= ndimage.distance_transform_edt(label != 2, sampling=sp) > 4.0
+    vessels = np.zeros(shape, dtype=bool)
+    core_idx = np.argwhere(core)
+    if len(core_idx):
+        for _ in range(int(rng.integers(1, 4))):
+            a = (core_idx[rng.integers(len(core_idx))] - centre_vox) * sp
+            u = rng.standard_normal(3)
+            u /= np.linalg.norm(u)
+            rel = coords - a.reshape(3, 1, 1, 1).astype(np.float32)
+            along = np.tensordot(u, rel, axes=1)
+            perp2 = np.sum(rel**2, axis=0) - along**2
+            vessels |= perp2 < rng.uniform(0.9, 1.5) ** 2
+        vessels &= core
+
     # ---- intensities
     img = np.full(shape, _BACKGROUND, dtype=np.float32)
     img[body] = _BODY * rng.uniform(0.95, 1.05)
@@ -238,6 +255,7 @@ def make_synthetic_case(
     img[distract] = _LESION * rng.uniform(0.95, 1.05)
     organ_level = _ORGAN * rng.uniform(0.96, 1.04)
     img[label == 1] = organ_level * (1.0 + 0.04 * _smooth_field(rng, shape, 4.0, sp)[label == 1])
+    img[vessels] = _LESION * rng.uniform(0.95, 1.10)
     les = label == 2
     speckle = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.6)
     speckle /= speckle.std() + 1e-8

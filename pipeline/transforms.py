@@ -2,8 +2,8 @@
 
 ``preprocessing`` is the one deterministic chain: the preprocess stage runs it to write the training
 volumes, and inference runs the very same chain on a new scan (and inverts it to put the prediction
-back on the scan's own voxel grid). ``training_sampler`` and ``augmentation`` are the random parts,
-used for training only.
+back on the scan's own voxel grid). ``training_sampler`` is the random part, used for training only
+(augmentation is applied to whole batches: :mod:`pipeline.augment`).
 """
 
 from __future__ import annotations
@@ -27,19 +27,67 @@ def preprocessing(
     with_label: bool = True,
     normalization: str = "zscore",
     crop_foreground: bool = True,
+    *,
+    intensity: Sequence[dict] | None = None,
+    slow_axis: int | None = None,
+    image_interp: str = "linear",
+    slow_axis_interp: str = "linear",
+    label_interp: str = "nearest",
+    num_classes: int | None = None,
 ) -> mt.Compose:
-    """Load -> channel first -> RAS -> resample (image linear, label nearest) -> crop to body -> normalise."""
+    """Load -> channel first -> RAS -> resample -> crop to body -> normalise.
+
+    Resampling keeps the physical extent of the scan (``scale_extent``: the output grid starts at the
+    scan's first corner and covers it to within one output voxel). Image ``image_interp`` (``linear`` or
+    ``spline``: cubic), label ``nearest`` or ``linear`` (one-hot, linear, arg-max; needs ``num_classes``).
+    With ``slow_axis`` (anisotropic data) the other two RAS axes are resampled first and the slow axis in a
+    second step, images with ``slow_axis_interp``. Every spatial step is a MONAI invertible transform.
+
+    Normalisation: ``intensity`` (one entry per channel, see :class:`pipeline.plan.NormalizeChannelsd`:
+    ``ct`` clip + z-score with dataset statistics, ``zscore`` per image, ``none``) when given, else
+    ``normalization`` for all channels (``zscore`` per image or ``none``; ``ct`` needs ``intensity``).
+    Inference builds the same chain with ``preprocessing(with_label=False, **plan.transform_kwargs())``.
+    """
+    from pipeline.plan import NormalizeChannelsd
+
+    interp = {"linear": "bilinear", "nearest": "nearest", "spline": 3}
+    for name, value in (("image_interp", image_interp), ("slow_axis_interp", slow_axis_interp)):
+        if value not in interp:
+            raise ValueError(f"{name} must be one of {list(interp)}, got {value!r}")
+    if label_interp not in ("nearest", "linear"):
+        raise ValueError(f"label_interp must be 'nearest' or 'linear', got {label_interp!r}")
+    if with_label and label_interp == "linear" and not num_classes:
+        raise ValueError("label_interp='linear' (one-hot) needs num_classes")
+    if intensity is None and normalization not in ("zscore", "none"):
+        raise ValueError(f"normalization {normalization!r} needs per-channel statistics (intensity=...)")
     keys = ["image", "label"] if with_label else ["image"]
-    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+    onehot = with_label and label_interp == "linear"
+    label_mode = "bilinear" if onehot else "nearest"
     chain: list = [
-        mt.LoadImaged(keys, image_only=True, dtype=np.float32),
+        mt.LoadImaged(keys, reader="pipeline.readers.PipelineReader", image_only=True, dtype=np.float32),
         mt.EnsureChannelFirstd(keys),
         mt.Orientationd(keys, axcodes="RAS"),
-        mt.Spacingd(keys, pixdim=tuple(target_spacing), mode=modes, dtype=np.float32),
     ]
+    if onehot:
+        chain.append(mt.AsDiscreted("label", to_onehot=num_classes))
+    spacing = [float(s) for s in target_spacing]
+    grid = {"scale_extent": True, "align_corners": True}  # MONAI pairs scale_extent with align_corners
+    if slow_axis is None:
+        modes = [interp[image_interp], label_mode][: len(keys)]
+        chain.append(mt.Spacingd(keys, pixdim=spacing, mode=modes, dtype=np.float32, **grid))
+    else:
+        in_plane = [-1.0 if a == slow_axis else s for a, s in enumerate(spacing)]  # <= 0: keep the scan's spacing
+        along = [s if a == slow_axis else -1.0 for a, s in enumerate(spacing)]
+        for pixdim, mode in ((in_plane, image_interp), (along, slow_axis_interp)):
+            modes = [interp[mode], label_mode][: len(keys)]
+            chain.append(mt.Spacingd(keys, pixdim=pixdim, mode=modes, dtype=np.float32, **grid))
+    if onehot:
+        chain.append(mt.AsDiscreted("label", argmax=True))
     if crop_foreground:
         chain.append(mt.CropForegroundd(keys, source_key="image", select_fn=body_mask, allow_smaller=True))
-    if normalization == "zscore":
+    if intensity is not None:
+        chain.append(NormalizeChannelsd("image", intensity))
+    elif normalization == "zscore":
         chain.append(mt.NormalizeIntensityd("image", channel_wise=True))
     return mt.Compose(chain)
 
@@ -78,24 +126,3 @@ def training_sampler(
     if slice_axis is not None:
         chain.append(mt.SqueezeDimd(["image", "label"], dim=slice_axis + 1))
     return chain
-
-
-def augmentation(spatial_dims: int, anisotropic: bool = False) -> list:
-    """Training-only augmentation: flips, small rotation/scaling, intensity scale/shift, noise, gamma."""
-    keys = ["image", "label"]
-    rotate = (0.26,) if spatial_dims == 2 else ((0.0, 0.0, 0.26) if anisotropic else (0.26, 0.26, 0.26))
-    return [
-        mt.RandAffined(
-            keys,
-            prob=0.25,
-            rotate_range=rotate,
-            scale_range=(0.15,) * spatial_dims,
-            mode=("bilinear", "nearest"),
-            padding_mode="zeros",
-        ),
-        *[mt.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(spatial_dims)],
-        mt.RandScaleIntensityd("image", factors=0.15, prob=0.15),
-        mt.RandShiftIntensityd("image", offsets=0.1, prob=0.15),
-        mt.RandGaussianNoised("image", std=0.1, prob=0.1),
-        mt.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.15),
-    ]

@@ -1,97 +1,236 @@
-"""Check every case of a dataset before anything is written; report all problems at once."""
+"""Check every case of a dataset before anything is written; report all problems at once.
+
+Each problem is one line naming the file (:class:`Problem`); nothing here raises on bad data. Checks:
+the dataset description (see :mod:`pipeline.dataset`), every file (missing, empty, truncated, corrupt,
+header promising more data than the file holds, wrong dimensionality, zero or negative spacing, NaN/Inf
+intensities), and per case the label against the image (shape, spacing, origin, direction) and the label
+values (integers, declared in ``dataset.json``).
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.dataset import Case, DatasetInfo
+from pipeline.dataset import DATASET_ROW, Case, DatasetInfo, Problem
+from pipeline.readers import Header, ReadError, read_array
+
+__all__ = ["Problem", "check_case", "validate_dataset", "format_problems", "summary_line", "validate_or_exit"]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one file."""
-
-    case_id: str
-    file: str
-    problem: str
+SPACING_RTOL = 1e-3  # relative tolerance on voxel sizes
+SPACING_ATOL = 1e-3  # mm
+DIRECTION_ATOL = 1e-3  # on direction cosines
+ORIGIN_ATOL = 1e-3  # mm
+ORIGIN_RTOL = 1e-5  # relative to the origin's magnitude (float32 headers far from 0)
+POOL_MIN_BYTES = 64 * 2**20  # below this much data a process pool costs more than it saves
 
 
-def _load(path: Path, case_id: str, problems: list[Problem]) -> nib.spatialimages.SpatialImage | None:
-    if not path.is_file():
-        problems.append(Problem(case_id, str(path), "file not found"))
-        return None
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _read(path: Path | str, case_id: str, problems: list[Problem]) -> tuple[np.ndarray, Header] | None:
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as err:  # noqa: BLE001 - any reader failure is reported as a problem
-        problems.append(Problem(case_id, str(path), f"unreadable: {type(err).__name__}: {err}".splitlines()[0]))
+        return read_array(path)
+    except ReadError as err:
+        problems.append(Problem(case_id, str(path), str(err)))
+    except MemoryError:
+        problems.append(Problem(case_id, str(path), "too large to read into memory"))
+    return None
+
+
+def _voxel_sizes(header: Header) -> np.ndarray:
+    return np.linalg.norm(header.affine[:3, :3], axis=0)
+
+
+def _check_image(path: Path | str, case_id: str, problems: list[Problem]) -> tuple[np.ndarray, Header] | None:
+    """Read one image and check it on its own; returns it when it is usable for the pairwise checks."""
+    read = _read(path, case_id, problems)
+    if read is None:
         return None
+    data, header = read
     if data.ndim not in (3, 4):
-        problems.append(Problem(case_id, str(path), f"expected a 3D (or 4D multi-channel) volume, got {data.ndim}D"))
+        msg = f"wrong dimensionality: expected a 3D volume (or 4D multi-channel), got {data.ndim}D {_shape(data.shape)}"
+        problems.append(Problem(case_id, str(path), msg))
         return None
-    return img
+    if data.dtype.kind in "fc":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            problems.append(Problem(case_id, str(path), f"image contains NaN or Inf intensities ({bad} voxels)"))
+    sizes = _voxel_sizes(header)
+    if not np.all(np.isfinite(header.affine)) or np.any(sizes <= 1e-9):
+        problems.append(Problem(case_id, str(path), f"zero or negative voxel spacing {_fmt(sizes)} in the affine"))
+        return None
+    return read
 
 
-def check_case(case: Case, labels: dict[int, str]) -> list[Problem]:
-    """All problems of one case (empty list when it is fine)."""
-    problems: list[Problem] = []
-    image = _load(case.images[0], case.case_id, problems)
-    if image is not None:
-        data = np.asanyarray(image.dataobj)
-        if not np.isfinite(data).all():
-            problems.append(Problem(case.case_id, str(case.images[0]), "image contains NaN or Inf"))
-    if case.label is None:
-        return problems
-    label = _load(case.label, case.case_id, problems)
-    if label is None or image is None:
-        return problems
-    ldata = np.asanyarray(label.dataobj)
-    if ldata.shape[:3] != image.shape[:3]:
+def _geometry_mismatch(ref: Header, other: Header) -> list[str]:
+    """What differs between two headers beyond the tolerances (spacing, origin, direction)."""
+    diffs = []
+    ref_sizes, sizes = _voxel_sizes(ref), _voxel_sizes(other)
+    ref_zooms, zooms = np.asarray(ref.spacing[:3]), np.asarray(other.spacing[:3])
+    if not np.allclose(sizes, ref_sizes, rtol=SPACING_RTOL, atol=SPACING_ATOL):
+        diffs.append(f"spacing {_fmt(sizes)} vs image {_fmt(ref_sizes)} mm")
+    elif zooms.shape == ref_zooms.shape and not np.allclose(zooms, ref_zooms, rtol=SPACING_RTOL, atol=SPACING_ATOL):
+        diffs.append(f"header spacing {_fmt(zooms)} vs image {_fmt(ref_zooms)} mm")
+    origin, ref_origin = other.affine[:3, 3], ref.affine[:3, 3]
+    if not np.allclose(origin, ref_origin, rtol=ORIGIN_RTOL, atol=ORIGIN_ATOL):
+        diffs.append(f"origin {_fmt(origin)} vs image {_fmt(ref_origin)} mm")
+    direction = other.affine[:3, :3] / np.where(sizes > 0, sizes, 1.0)
+    ref_direction = ref.affine[:3, :3] / np.where(ref_sizes > 0, ref_sizes, 1.0)
+    diff = float(np.abs(direction - ref_direction).max())
+    if diff > DIRECTION_ATOL:
+        diffs.append(f"direction cosines differ by up to {diff:.3g}")
+    return diffs
+
+
+def _check_pair(
+    ref: tuple[np.ndarray, Header], other: tuple[np.ndarray, Header], what: str, path: Path | str, case_id: str
+) -> list[Problem]:
+    """Shape and geometry of a label (or extra channel file) against the first image."""
+    problems = []
+    ref_shape, shape = ref[0].shape[:3], other[0].shape[:3]
+    if ref_shape != shape:
         problems.append(
-            Problem(case.case_id, str(case.label), f"label shape {ldata.shape} != image shape {image.shape}")
+            Problem(
+                case_id, str(path), f"image/{what} shape mismatch: {what} {_shape(shape)}, image {_shape(ref_shape)}"
+            )
         )
-    if not np.allclose(label.affine, image.affine, atol=1e-3):
-        problems.append(Problem(case.case_id, str(case.label), "label affine differs from the image affine"))
-    values = np.unique(ldata)
-    if not np.all(np.mod(values, 1) == 0):
-        problems.append(Problem(case.case_id, str(case.label), "label has non-integer values"))
-    else:
-        undeclared = sorted(set(values.astype(int).tolist()) - set(labels))
-        if undeclared:
-            problems.append(Problem(case.case_id, str(case.label), f"label values {undeclared} not declared in labels"))
+    diffs = _geometry_mismatch(ref[1], other[1])
+    if diffs:
+        kinds = "spacing" if all("spacing" in d for d in diffs) else "affine"
+        problems.append(Problem(case_id, str(path), f"image/{what} {kinds} mismatch: {what} " + "; ".join(diffs)))
     return problems
 
 
-def validate_dataset(info: DatasetInfo) -> list[Problem]:
-    """Check every case; returns every problem found."""
+def _check_label_values(
+    data: np.ndarray, labels: dict[int, str], labels_source: str, path: Path | str, case_id: str
+) -> list[Problem]:
+    values = np.unique(data)
+    if values.dtype.kind in "fc":
+        if not np.all(np.isfinite(values)):
+            return [Problem(case_id, str(path), "label contains NaN or Inf values")]
+        fractional = values[np.mod(values, 1) != 0]
+        if fractional.size:
+            examples = ", ".join(f"{v:.6g}" for v in fractional[:3])
+            return [Problem(case_id, str(path), f"non-integer label values (e.g. {examples})")]
+    if not labels:  # the dataset description is broken; that is reported once already
+        return []
+    undeclared = sorted(set(int(v) for v in values) - set(labels))
+    if not undeclared:
+        return []
+    declared = ", ".join(str(k) for k in labels)
+    where = "dataset.json" if labels_source else "the default labels (no dataset.json)"
+    return [Problem(case_id, str(path), f"label values {undeclared} not declared in {where} (declared: {declared})")]
+
+
+def check_case(case: Case, labels: dict[int, str], labels_source: str = "dataset.json") -> list[Problem]:
+    """All problems of one case (empty list when it is fine); never raises on bad data."""
     problems: list[Problem] = []
-    for case in tqdm(info.cases, desc="validate", unit="case"):
-        problems.extend(check_case(case, info.labels))
+    try:
+        images = [_check_image(p, case.case_id, problems) for p in case.images]
+        ref = images[0]
+        for path, other in zip(case.images[1:], images[1:], strict=True):
+            if ref is not None and other is not None:
+                problems.extend(_check_pair(ref, other, "channel", path, case.case_id))
+        if case.label is None:
+            return problems
+        read = _read(case.label, case.case_id, problems)
+        if read is None:
+            return problems
+        data, header = read
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            msg = f"wrong dimensionality: expected a 3D label volume, got {data.ndim}D {_shape(data.shape)}"
+            problems.append(Problem(case.case_id, str(case.label), msg))
+            return problems
+        if np.any(_voxel_sizes(header) <= 1e-9) or not np.all(np.isfinite(header.affine)):
+            msg = f"zero or negative voxel spacing {_fmt(_voxel_sizes(header))} in the affine"
+            problems.append(Problem(case.case_id, str(case.label), msg))
+        elif ref is not None:
+            problems.extend(_check_pair(ref, (data, header), "label", case.label, case.case_id))
+        problems.extend(_check_label_values(data, labels, labels_source, case.label, case.case_id))
+    except Exception as err:  # noqa: BLE001 - a validator reports, it does not crash
+        logger.debug("unexpected error checking %s", case.case_id, exc_info=True)
+        problems.append(Problem(case.case_id, str(case.images[0]), f"unexpected error: {type(err).__name__}: {err}"))
     return problems
 
 
-def format_problems(problems: list[Problem]) -> str:
-    rows = [("case", "file", "problem")] + [(p.case_id, p.file, p.problem) for p in problems]
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _total_bytes(cases: Sequence[Case]) -> int:
+    total = 0
+    for case in cases:
+        for path in (*case.images, case.label):
+            try:
+                total += path.stat().st_size if path is not None else 0
+            except OSError:
+                pass
+    return total
+
+
+def validate_dataset(info: DatasetInfo, workers: int | None = None, progress: bool = True) -> list[Problem]:
+    """Check the dataset description and every case; returns every problem found, in case order.
+
+    Cases are checked in a process pool of ``workers`` (default: up to 4 cores) when there is enough data
+    to make it worth it (``workers`` given explicitly > 1 always uses the pool).
+    """
+    problems = list(info.problems)
+    check = partial(check_case, labels=dict(info.labels), labels_source=info.labels_source)
+    cases = list(info.cases)
+    if workers is None:
+        workers = _default_workers() if len(cases) > 1 and _total_bytes(cases) >= POOL_MIN_BYTES else 1
+    bar = partial(tqdm, total=len(cases), desc="validate", unit="case", disable=not progress)
+    if workers > 1 and len(cases) > 1 and "fork" in mp.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            chunk = max(1, min(16, len(cases) // (4 * workers)))
+            results = list(bar(pool.map(check, cases, chunksize=chunk)))
+    else:
+        results = [check(c) for c in bar(cases)]
+    for result in results:
+        problems.extend(result)
+    if not cases and not problems:
+        problems.append(Problem(DATASET_ROW, info.name, "the dataset has no cases"))
+    logger.debug("validated %d cases: %d problem(s)", len(cases), len(problems))
+    return problems
+
+
+def format_problems(problems: Sequence[Problem]) -> str:
+    """A plain-text table ``case  file  problem``, one line per problem."""
+    rows = [("case", "file", "problem")] + [(p.case_id, p.file, " ".join(str(p.problem).split())) for p in problems]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
 
 
-def validate_or_exit(info: DatasetInfo) -> None:
-    """Print the problem table and exit non-zero if any case is bad."""
-    problems = validate_dataset(info)
+def summary_line(problems: Sequence[Problem]) -> str:
+    """``validation failed: N problem(s) in M case(s)`` (dataset-level problems counted apart)."""
+    cases = {p.case_id for p in problems if p.case_id != DATASET_ROW}
+    dataset = sum(p.case_id == DATASET_ROW for p in problems)
+    extra = f" and {dataset} in the dataset description" if dataset else ""
+    return f"validation failed: {len(problems)} problem(s) in {len(cases)} case(s){extra}"
+
+
+def validate_or_exit(info: DatasetInfo, workers: int | None = None) -> None:
+    """Validate; on any problem exit with status 1, the whole table and a summary on stderr."""
+    problems = validate_dataset(info, workers)
     if problems:
-        print(format_problems(problems), file=sys.stderr)
-        raise SystemExit(
-            f"validation failed: {len(problems)} problem(s) in {len({p.case_id for p in problems})} case(s)"
-        )
+        raise SystemExit(f"{format_problems(problems)}\n{summary_line(problems)}")
     logger.info("validated %d cases: no problems", len(info.cases))

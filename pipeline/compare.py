@@ -1,0 +1,239 @@
+"""Compare two evaluations case by case: paired differences, bootstrap CI of the mean difference, Wilcoxon test.
+
+Each side is one of
+
+* a metrics folder holding ``per_case.csv`` (e.g. the ``metrics/`` of a DVC experiment), or the CSV itself;
+* ``mlflow:<run_id>`` or ``runs:/<run_id>``: the per-case table logged by ``pipeline.evaluate`` on that
+  run, read from the tracking store (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else
+  ``sqlite:///mlflow.db``);
+* ``dvc:<rev>``: ``metrics/per_case.csv`` as committed at a git revision or DVC experiment name.
+
+Rows are paired by ``(case_id, class_name)``; differences are B - A. Usage::
+
+    python -m pipeline.compare metrics/ mlflow:1a2b3c --out compare.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as _io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pipeline import io
+from pipeline.metrics import summarize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compare", "load_per_case", "main", "paired_differences"]
+
+KEYS = ("case_id", "class_name")
+DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "nsd", "hd95_mm", "assd_mm")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CSV_ARTIFACT = "evaluation/per_case.csv"
+TABLE_ARTIFACT = "evaluation/per_case_table.json"
+DVC_PATH = "metrics/per_case.csv"
+
+
+class CompareError(ValueError):
+    """An input that cannot be read or compared; the message names it."""
+
+
+def _run_id(source: str) -> str | None:
+    for prefix in ("mlflow:", "runs:/"):
+        if source.startswith(prefix):
+            return source[len(prefix) :].strip("/").split("/")[0]
+    return None
+
+
+def _from_mlflow(run_id: str, tracking_uri: str | None) -> pd.DataFrame:
+    """The per-case table of an MLflow run: its CSV artifact, else its ``log_table`` JSON."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    client = MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise CompareError(f"mlflow:{run_id}: no such run in {uri} ({err})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact in (CSV_ARTIFACT, TABLE_ARTIFACT):
+            try:
+                local = Path(client.download_artifacts(run_id, artifact, tmp))
+            except (MlflowException, OSError):
+                continue
+            if artifact.endswith(".csv"):
+                return pd.read_csv(local)
+            table = json.loads(local.read_text())
+            return pd.DataFrame(table["data"], columns=table["columns"])
+    raise CompareError(f"mlflow:{run_id}: run has neither {CSV_ARTIFACT} nor {TABLE_ARTIFACT} in {uri}")
+
+
+def _from_dvc(rev: str, repo: str | None = None) -> pd.DataFrame:
+    import dvc.api
+
+    try:
+        text = dvc.api.read(DVC_PATH, repo=repo, rev=rev)
+    except Exception as err:  # dvc raises many unrelated types for a missing rev or file
+        raise CompareError(f"dvc:{rev}: cannot read {DVC_PATH} ({type(err).__name__}: {err})") from None
+    return pd.read_csv(_io.StringIO(text))
+
+
+def load_per_case(source: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The per-case table behind ``source`` (metrics folder, CSV, ``mlflow:<id>``, ``runs:/<id>``, ``dvc:<rev>``)."""
+    text = str(source)
+    run_id = _run_id(text)
+    if run_id:
+        frame = _from_mlflow(run_id, tracking_uri)
+    elif text.startswith("dvc:"):
+        frame = _from_dvc(text[len("dvc:") :])
+    else:
+        path = Path(text)
+        if path.is_dir():
+            path = path / "per_case.csv"
+        if not path.is_file():
+            raise CompareError(f"{source}: no per_case.csv found (give a metrics folder, a CSV or mlflow:<run_id>)")
+        frame = pd.read_csv(path)
+    missing = [k for k in KEYS if k not in frame.columns]
+    if missing:
+        raise CompareError(f"{source}: per-case table lacks column(s) {missing}")
+    frame = frame.assign(case_id=frame["case_id"].astype(str), class_name=frame["class_name"].astype(str))
+    if frame.duplicated(list(KEYS)).any():
+        raise CompareError(f"{source}: (case_id, class_name) is not unique")
+    return frame
+
+
+def paired_differences(a: pd.DataFrame, b: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
+    """Rows present in both tables, with ``<m>_a``, ``<m>_b`` and ``<m>_diff`` (= B - A) per metric."""
+    metrics = [m for m in metrics if m in a.columns and m in b.columns]
+    if not metrics:
+        raise CompareError("the two tables share none of the metrics to compare")
+    left = a[[*KEYS, *metrics]].rename(columns={m: f"{m}_a" for m in metrics})
+    right = b[[*KEYS, *metrics]].rename(columns={m: f"{m}_b" for m in metrics})
+    pairs = left.merge(right, on=list(KEYS), how="inner", validate="one_to_one")
+    n_only_a, n_only_b = len(left) - len(pairs), len(right) - len(pairs)
+    if n_only_a or n_only_b:
+        logger.warning("unpaired rows left out: %d only in A, %d only in B", n_only_a, n_only_b)
+    if pairs.empty:
+        raise CompareError("no (case_id, class_name) pairs in common")
+    for m in metrics:
+        pairs[f"{m}_diff"] = pd.to_numeric(pairs[f"{m}_b"], errors="coerce") - pd.to_numeric(
+            pairs[f"{m}_a"], errors="coerce"
+        )
+    return pairs.sort_values(list(KEYS), kind="mergesort").reset_index(drop=True)
+
+
+def wilcoxon_p(diff: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (NaNs dropped).
+
+    NaN with no pairs; 1.0 when every difference is zero (no evidence of a difference).
+    """
+    d = diff[~np.isnan(diff)]
+    if d.size == 0:
+        return math.nan
+    if not np.any(d != 0):
+        return 1.0
+    return float(stats.wilcoxon(d).pvalue)
+
+
+def compare(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per class and metric: pairs, means of A and B, mean difference B - A with its bootstrap 95% CI
+    (seeded, as :func:`pipeline.metrics.summarize`) and the Wilcoxon signed-rank p-value.
+
+    Returns ``(table, pairs)``; ``pairs`` is :func:`paired_differences`.
+    """
+    pairs = paired_differences(a, b, metrics)
+    metrics = [m for m in metrics if f"{m}_diff" in pairs.columns]
+    diffs = pairs[["class_name"]].assign(**{m: pairs[f"{m}_diff"] for m in metrics})
+    boot = summarize(diffs, metrics=metrics, n_bootstrap=n_bootstrap, seed=seed)
+    rows = []
+    for cls, group in pairs.groupby("class_name", sort=False):
+        for m in metrics:
+            s = boot[str(cls)][m]
+            valid = group[f"{m}_diff"].notna()  # pairs with the metric on both sides
+            rows.append(
+                {
+                    "class_name": cls,
+                    "metric": m,
+                    "n_pairs": s["n"],
+                    "mean_a": pd.to_numeric(group.loc[valid, f"{m}_a"]).mean(),
+                    "mean_b": pd.to_numeric(group.loc[valid, f"{m}_b"]).mean(),
+                    "mean_diff": s["mean"],
+                    "ci95_low": s["ci95_low"],
+                    "ci95_high": s["ci95_high"],
+                    "wilcoxon_p": wilcoxon_p(group[f"{m}_diff"].to_numpy(np.float64)),
+                }
+            )
+    table = pd.DataFrame(rows).assign(n_bootstrap=n_bootstrap, seed=seed)
+    return table, pairs
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The comparison as aligned text for the terminal."""
+    shown = table[["class_name", "metric", "n_pairs", "mean_a", "mean_b", "mean_diff"]].copy()
+    shown["95% CI (B - A)"] = [
+        "n/a" if pd.isna(lo) or pd.isna(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+        for lo, hi in zip(table["ci95_low"], table["ci95_high"], strict=True)
+    ]
+    shown["wilcoxon_p"] = ["n/a" if pd.isna(p) else f"{p:.3g}" for p in table["wilcoxon_p"]]
+    return shown.to_string(
+        index=False,
+        formatters={
+            "mean_a": lambda v: "n/a" if pd.isna(v) else f"{v:.4f}",
+            "mean_b": lambda v: "n/a" if pd.isna(v) else f"{v:.4f}",
+            "mean_diff": lambda v: "n/a" if pd.isna(v) else f"{v:+.4f}",
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("a", help="run A: metrics folder, per_case.csv, mlflow:<run_id>, runs:/<run_id> or dvc:<rev>")
+    parser.add_argument("b", help="run B, the same forms; differences are B - A")
+    parser.add_argument("--out", default="compare.csv", help="CSV of the per-class table (default: %(default)s)")
+    parser.add_argument("--pairs-out", help="CSV of the paired per-case values (default: <out>_pairs.csv)")
+    parser.add_argument("--tracking-uri", help="MLflow store for mlflow:/runs:/ inputs")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="metrics to compare")
+    parser.add_argument("--n-bootstrap", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal for the table
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        a = load_per_case(args.a, args.tracking_uri)
+        b = load_per_case(args.b, args.tracking_uri)
+        table, pairs = compare(a, b, args.metrics, args.n_bootstrap, args.seed)
+    except CompareError as err:
+        print(f"compare: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    pairs_out = Path(args.pairs_out) if args.pairs_out else out.with_name(f"{out.stem}_pairs.csv")
+    io.write_csv(out, table.assign(a=args.a, b=args.b))
+    io.write_csv(pairs_out, pairs)
+    print(f"A: {args.a}\nB: {args.b}\npaired by (case_id, class_name); differences are B - A\n")
+    print(format_table(table))
+    print(f"\nwritten: {out}, {pairs_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

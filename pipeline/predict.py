@@ -1,0 +1,146 @@
+"""Predict label maps for new scans with a trained model folder (no labels needed).
+
+    python -m pipeline.predict --model models/model --input scans/ --output predictions/
+
+``--input`` is one scan or a folder of scans (.nii, .nii.gz, .nrrd, .mha, .mhd). Each scan gets
+``<output>/<case>.nii.gz``: integer labels on exactly the scan's voxel grid, with its affine (sform and
+qform with their codes), so it opens aligned with the scan in ITK-SNAP or 3D Slicer. With
+``--probabilities`` also ``<case>_probabilities.nii.gz`` (one volume per class, values in [0, 1]).
+A scan that cannot be read is reported and skipped; the exit code is 1 if any scan failed, 2 if the
+model folder or the input cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline import io
+from pipeline.dataset import IMAGE_SUFFIXES, Case, strip_suffix
+from pipeline.inference import Predictor, UnreadableScanError, save_probabilities
+from pipeline.model_folder import ModelFolderError
+
+logger = logging.getLogger("pipeline.predict")
+
+CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
+    """One case per scan file (a file, or every image file in a folder, sorted).
+
+    Multi-channel models take one file per channel named ``<case>_0000``, ``<case>_0001``, ...
+    (nnU-Net's convention).
+    """
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    if in_channels == 1:
+        return [Case(strip_suffix(f.name), (f,)) for f in files]
+    groups: dict[str, dict[int, Path]] = {}
+    for f in files:
+        m = CHANNEL.match(strip_suffix(f.name))
+        if m is None:
+            raise FileNotFoundError(f"{f}: a {in_channels}-channel model needs files named <case>_0000, <case>_0001...")
+        groups.setdefault(m["case"], {})[int(m["channel"])] = f
+    cases = []
+    for cid, chans in sorted(groups.items()):
+        if sorted(chans) != list(range(in_channels)):
+            raise FileNotFoundError(f"{cid}: expected channels 0..{in_channels - 1}, found {sorted(chans)}")
+        cases.append(Case(cid, tuple(chans[i] for i in range(in_channels))))
+    return cases
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.predict",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model folder written by the train stage")
+    parser.add_argument("--input", required=True, type=Path, help="a scan, or a folder of scans")
+    parser.add_argument("--output", required=True, type=Path, help="folder for <case>.nii.gz")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    tri = argparse.BooleanOptionalAction
+    parser.add_argument("--mirror", action=tri, default=None, help="mirroring TTA (default: model's setting)")
+    parser.add_argument(
+        "--keep-largest", action=tri, default=None, help="largest component per class (default: model's)"
+    )
+    parser.add_argument(
+        "--probabilities", action=tri, default=None, help="also write <case>_probabilities.nii.gz (default: model's)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Predict every scan; 0 if all succeeded, 1 if some failed, 2 if nothing could be run."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
+        cases = find_cases(args.input, int(predictor.meta["in_channels"]))
+    except (ModelFolderError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    inf = predictor.meta.get("inference", {})
+    with_probs = inf.get("save_probabilities", False) if args.probabilities is None else args.probabilities
+    logger.info(
+        "%d scan(s); model %s (%dD, %s), mirroring %s, largest component %s, device %s, %d threads",
+        len(cases),
+        args.model,
+        predictor.spatial_dims,
+        predictor.meta["model"].get("name", "?"),
+        "on" if predictor.mirror else "off",
+        "on" if predictor.keep_largest else "off",
+        predictor.device,
+        torch.get_num_threads(),
+    )
+    failures: list[tuple[str, str]] = []
+    total = time.monotonic()
+    for case in tqdm(cases, desc="predict", unit="scan"):
+        try:
+            pred = predictor.predict(case, probabilities=with_probs)
+            out = io.save_like(pred.labels, pred.reference, args.output / f"{case.case_id}.nii.gz")
+            if pred.probabilities is not None:
+                save_probabilities(
+                    pred.probabilities, pred.reference, args.output / f"{case.case_id}_probabilities.nii.gz"
+                )
+        except UnreadableScanError as err:
+            failures.append((case.case_id, str(err)))
+            logger.error("%s", err)
+            continue
+        except Exception as err:  # noqa: BLE001 - one bad scan must not stop the others
+            message = f"{case.images[0]}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+            failures.append((case.case_id, message))
+            logger.error("%s", message)
+            continue
+        logger.info(
+            "%s: %.2f s -> %s (shape %s)", case.case_id, pred.seconds, out, "x".join(map(str, pred.labels.shape))
+        )
+    done = len(cases) - len(failures)
+    logger.info("%d of %d scan(s) predicted in %.1f s", done, len(cases), time.monotonic() - total)
+    if failures:
+        width = max(len(cid) for cid, _ in failures)
+        lines = [f"{len(failures)} scan(s) failed:", f"  {'case'.ljust(width)}  error"]
+        lines += [f"  {cid.ljust(width)}  {msg}" for cid, msg in failures]
+        print("\n".join(lines), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""A self-contained HTML report of one evaluation: config and lineage, learning curves, metric
+distributions, the worst cases and contour overlays of the best, median and worst cases.
+
+Plots are drawn with matplotlib's Agg canvas (``matplotlib.figure.Figure``, no pyplot state) and
+embedded as base64 PNG; the page has no external CSS, JS, fonts or images, and a
+Content-Security-Policy that forbids any network fetch, so it opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from pipeline import io
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Overlay", "build_report", "case_ranking", "choose_slices", "pick_cases", "write_report"]
+
+PLOT_METRICS: tuple[str, ...] = ("dice", "iou", "nsd", "hd95_mm", "assd_mm", "volume_rel_diff")
+METRIC_LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "nsd": "NSD",
+    "hd95_mm": "HD95 (mm)",
+    "assd_mm": "ASSD (mm)",
+    "volume_rel_diff": "relative volume difference",
+}
+SUMMARY_STATS: tuple[str, ...] = ("mean", "std", "median", "iqr", "min", "max")
+CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+DPI = 96
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 1.5em auto;
+       max-width: 1150px; color: #222; background: #fff; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+pre { background: #f7f7f7; padding: .8em; font-size: .8em; overflow-x: auto; max-height: 30em; }
+img { max-width: 100%; display: block; margin: .5em 0; }
+.note { color: #666; font-size: .9em; }
+details summary { cursor: pointer; font-weight: 600; }
+"""
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One case to draw: image, reference and prediction on the same voxel grid (2D or 3D).
+
+    ``role`` is e.g. ``"best"``; ``spacing`` the voxel size per axis in mm (sets the aspect ratio).
+    """
+
+    role: str
+    case_id: str
+    image: np.ndarray
+    reference: np.ndarray
+    prediction: np.ndarray
+    spacing: tuple[float, ...]
+    mean_dice: float = math.nan
+
+
+# ---------------------------------------------------------------- case selection
+
+
+def case_ranking(per_case: pd.DataFrame) -> pd.DataFrame:
+    """Cases sorted by mean Dice over classes (ascending, ties by case id): ``case_id, mean_dice``."""
+    dice = pd.to_numeric(per_case["dice"], errors="coerce")
+    ranking = (
+        pd.DataFrame({"case_id": per_case["case_id"].astype(str), "dice": dice})
+        .groupby("case_id", sort=False)["dice"]
+        .mean()
+        .rename("mean_dice")
+        .reset_index()
+    )
+    ranking = ranking.dropna(subset=["mean_dice"])
+    return ranking.sort_values(["mean_dice", "case_id"], kind="mergesort").reset_index(drop=True)
+
+
+def pick_cases(per_case: pd.DataFrame) -> dict[str, str]:
+    """``{"best": id, "median": id, "worst": id}`` by mean Dice over classes; fewer keys if fewer cases.
+
+    The median case is the lower middle of the ranking; a case appears under one role only
+    (best first, then worst, then median).
+    """
+    ids = case_ranking(per_case)["case_id"].tolist()
+    if not ids:
+        return {}
+    best, worst, median = ids[-1], ids[0], ids[(len(ids) - 1) // 2]
+    chosen = {"best": best}
+    if median not in (best, worst):
+        chosen["median"] = median
+    if worst != best:
+        chosen["worst"] = worst
+    return chosen
+
+
+def slice_axis(spacing: Sequence[float]) -> int:
+    """Axis to slice along: the coarsest (through-plane) axis; the last one when isotropic."""
+    sp = np.asarray(spacing, dtype=float)
+    coarse = np.flatnonzero(np.isclose(sp, sp.max(), rtol=1e-3))
+    return int(coarse[-1])
+
+
+def choose_slices(reference: np.ndarray, prediction: np.ndarray, axis: int, n: int = 3) -> list[int]:
+    """Up to ``n`` slice indices spread through the reference foreground along ``axis``.
+
+    Falls back to the prediction's foreground when the reference is empty, and to the central
+    slices when both are empty.
+    """
+    others = tuple(a for a in range(reference.ndim) if a != axis)
+    for mask in (reference > 0, prediction > 0):
+        candidates = np.flatnonzero(mask.any(axis=others))
+        if candidates.size:
+            break
+    else:
+        start = max(0, reference.shape[axis] // 2 - n // 2)
+        candidates = np.arange(start, min(start + n, reference.shape[axis]))
+    if candidates.size <= n:
+        return [int(i) for i in candidates]
+    # evenly spaced inside the extent (25/50/75 % for n = 3); a step >= 1 keeps them distinct
+    positions = (np.arange(1, n + 1) * candidates.size) // (n + 1)
+    return [int(i) for i in candidates[positions]]
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _png(fig: Figure) -> str:
+    """Base64 PNG of a figure, drawn by the Agg canvas."""
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def learning_curves_png(train_log: pd.DataFrame) -> str:
+    """Training loss, validation Dice per class and learning rate against the epoch."""
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
+    epoch = train_log["epoch"] if "epoch" in train_log else pd.Series(range(len(train_log)))
+    if "train_loss" in train_log:
+        axes[0].plot(epoch, train_log["train_loss"], marker=".", color="#333")
+    axes[0].set(title="training loss", xlabel="epoch")
+    val_cols = [c for c in train_log.columns if c.startswith("val_dice_")]
+    for i, col in enumerate(val_cols):
+        ok = train_log[col].notna()
+        is_mean = col == "val_dice_mean"
+        axes[1].plot(
+            epoch[ok],
+            train_log.loc[ok, col],
+            marker=".",
+            lw=2.5 if is_mean else 1.2,
+            color="#000" if is_mean else CLASS_COLOURS[i % len(CLASS_COLOURS)],
+            label=col.removeprefix("val_dice_"),
+        )
+    if val_cols:
+        axes[1].legend(fontsize=8)
+    axes[1].set(title="validation Dice", xlabel="epoch", ylim=(0, 1))
+    if "lr" in train_log:
+        axes[2].plot(epoch, train_log["lr"], color="#555")
+    axes[2].set(title="learning rate", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def metric_distributions_png(per_case: pd.DataFrame, metrics: Sequence[str] = PLOT_METRICS) -> str:
+    """One panel per metric: a box per class with the per-case values as a jittered strip."""
+    metrics = [m for m in metrics if m in per_case.columns]
+    classes = list(dict.fromkeys(per_case["class_name"].astype(str)))
+    ncols = 3
+    nrows = max(1, math.ceil(len(metrics) / ncols))
+    fig = Figure(figsize=(4.0 * ncols, 3.3 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    rng = np.random.default_rng(0)
+    for ax, metric in zip(axes, metrics, strict=False):
+        data, missing = [], []
+        for cls in classes:
+            values = pd.to_numeric(per_case.loc[per_case["class_name"].astype(str) == cls, metric], errors="coerce")
+            data.append(values.dropna().to_numpy(float))
+            missing.append(int(values.isna().sum()))
+        positions = np.arange(1, len(classes) + 1)
+        filled = [i for i, d in enumerate(data) if d.size]
+        if filled:
+            ax.boxplot(
+                [data[i] for i in filled],
+                positions=positions[filled],
+                widths=0.5,
+                showfliers=False,
+                medianprops={"color": "#000"},
+            )
+        for i, d in enumerate(data):
+            x = positions[i] + rng.uniform(-0.15, 0.15, size=d.size)
+            ax.scatter(x, d, s=12, alpha=0.7, color=CLASS_COLOURS[i % len(CLASS_COLOURS)], zorder=3)
+        labels = [f"{c}\n({m} missing)" if m else c for c, m in zip(classes, missing, strict=True)]
+        ax.set_xticks(positions, labels, fontsize=8)
+        ax.set_xlim(0.4, len(classes) + 0.6)
+        ax.set_title(METRIC_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [1, 99])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def overlay_png(overlay: Overlay, class_names: Mapping[int, str], n_slices: int = 3) -> str:
+    """Slices of the image with reference (solid) and prediction (dashed) contours per class."""
+    image = np.asarray(overlay.image, dtype=np.float32)
+    ref, pred = np.asarray(overlay.reference), np.asarray(overlay.prediction)
+    if image.ndim == 2:  # a single slice: treat as a volume of depth 1
+        image, ref, pred = image[..., None], ref[..., None], pred[..., None]
+        spacing = (*overlay.spacing[:2], 1.0)
+        axis = 2
+    else:
+        spacing = tuple(overlay.spacing)
+        axis = slice_axis(spacing)
+    slices = choose_slices(ref, pred, axis, n_slices)
+    col_axis, row_axis = [a for a in range(3) if a != axis]  # transposed slices: rows = second in-plane axis
+    vmin, vmax = _window(image)
+    fig = Figure(figsize=(3.6 * len(slices), 3.9))
+    axes = np.atleast_1d(fig.subplots(1, len(slices)))
+    present = [k for k in sorted(class_names) if k != 0 and (np.any(ref == k) or np.any(pred == k))]
+    for ax, k in zip(axes, slices, strict=True):
+        img2d = np.take(image, k, axis=axis).T
+        ref2d, pred2d = np.take(ref, k, axis=axis).T, np.take(pred, k, axis=axis).T
+        ax.imshow(
+            img2d,
+            cmap="gray",
+            vmin=vmin,
+            vmax=vmax,
+            origin="lower",
+            aspect=spacing[row_axis] / spacing[col_axis],
+            interpolation="nearest",
+        )
+        for c in present:
+            colour = CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
+            for mask, style in ((ref2d == c, "solid"), (pred2d == c, "dashed")):
+                if mask.any() and not mask.all():
+                    ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.4)
+        ax.set_title(f"slice {k} (axis {axis})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [
+        Line2D([], [], color=CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)], lw=2, label=str(class_names[c]))
+        for c in present
+    ]
+    handles += [
+        Line2D([], [], color="#777", lw=1.5, ls="solid", label="reference"),
+        Line2D([], [], color="#777", lw=1.5, ls="dashed", label="prediction"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"{overlay.role}: {overlay.case_id} (mean Dice {overlay.mean_dice:.3f})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- HTML pieces
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return "–" if not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
+    return _e(x)
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
+    """HTML table; the first ``left`` columns are left-aligned text."""
+    head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="l">{_fmt(v)}</td>' if i < left else f"<td>{_fmt(v)}</td>" for i, v in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _summary_section(summary: Mapping[str, Any]) -> str:
+    rows = []
+    for cls, stats in summary.items():
+        if not isinstance(stats, Mapping) or cls in ("bootstrap", "empty_policy"):
+            continue
+        for metric, s in stats.items():
+            if not isinstance(s, Mapping):
+                continue
+            ci = (s.get("ci95_low"), s.get("ci95_high"))
+            ci_text = "–" if None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+            rows.append(
+                [cls, METRIC_LABELS.get(metric, metric), *(s.get(k) for k in SUMMARY_STATS), ci_text, s.get("n")]
+            )
+    boot = summary.get("bootstrap", {})
+    policy = summary.get("empty_policy")
+    parts = [
+        "<h2>Summary</h2>",
+        f"<p>Mean Dice over classes: <b>{_fmt(summary.get('mean_dice'), 4)}</b>"
+        f" &middot; cases: {_fmt(summary.get('n_cases'))}"
+        f" &middot; bootstrap: {_fmt(boot.get('n'))} resamples, seed {_fmt(boot.get('seed'))}</p>",
+        _table(["class", "metric", *SUMMARY_STATS, "95% CI of mean", "n"], rows, left=2),
+    ]
+    if policy:
+        desc = ", ".join(f"{k} = {_fmt(policy.get(k))}" for k in ("both_empty", "ref_empty_only", "pred_empty_only"))
+        parts.append(
+            f'<p class="note">Empty-mask policy for {_e(", ".join(policy.get("applies_to", [])))}: {desc};'
+            " distances are missing when either mask is empty.</p>"
+        )
+    return "\n".join(parts)
+
+
+def _worst_section(per_case: pd.DataFrame, n_worst: int) -> str:
+    ranking = case_ranking(per_case)
+    worst = ranking.head(n_worst)
+    classes = list(dict.fromkeys(per_case["class_name"].astype(str)))
+    by = per_case.assign(case_id=per_case["case_id"].astype(str), class_name=per_case["class_name"].astype(str))
+    by = by.set_index(["case_id", "class_name"])
+    rows = []
+    for cid, mean_dice in zip(worst["case_id"], worst["mean_dice"], strict=True):
+        first = by.loc[cid].iloc[0]
+        row: list[Any] = [cid, mean_dice]
+        for metric in ("dice", "hd95_mm"):
+            for cls in classes:
+                row.append(by.loc[(cid, cls), metric] if (cid, cls) in by.index else None)
+        row += [first.get("image_file"), str(first.get("label_sha256", ""))[:12]]
+        rows.append(row)
+    header = ["case", "mean Dice"]
+    header += [f"Dice {c}" for c in classes] + [f"HD95 {c} (mm)" for c in classes]
+    header += ["image file", "label SHA-256"]
+    table = _table(header, rows)
+    return f"<h2>Worst cases</h2><p class='note'>The {len(rows)} cases with the lowest mean Dice.</p>{table}"
+
+
+def _config_section(config: Mapping[str, Any] | None, lineage: Mapping[str, Any] | None) -> str:
+    parts = ["<h2>Lineage and configuration</h2>"]
+    if lineage:
+        rows = [[k.removeprefix("lineage."), v] for k, v in sorted(lineage.items())]
+        parts.append(_table(["tag", "value"], rows, left=2))
+    else:
+        parts.append('<p class="note">No lineage recorded.</p>')
+    if config:
+        text = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+        parts.append(f"<details><summary>configuration</summary><pre>{_e(text)}</pre></details>")
+    return "\n".join(parts)
+
+
+def build_report(
+    per_case: pd.DataFrame,
+    summary: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    train_log: pd.DataFrame | None = None,
+    overlays: Iterable[Overlay] = (),
+    class_names: Mapping[int, str] | None = None,
+    title: str = "Segmentation evaluation report",
+    n_worst: int = 10,
+) -> str:
+    """The whole report as one HTML string (images embedded, nothing fetched).
+
+    ``per_case`` is the table of :func:`pipeline.metrics.case_metrics` rows (with ``case_id`` and the
+    provenance columns), ``summary`` the dict of :func:`pipeline.metrics.summarize`, ``train_log``
+    the learning-curve table (may be None), ``overlays`` the cases to draw (any iterable: a generator
+    keeps one case's volumes in memory at a time), ``class_names`` the label index -> name mapping
+    (derived from ``per_case`` when omitted).
+    """
+    if class_names is None:
+        pairs = per_case[["class_index", "class_name"]].drop_duplicates() if "class_index" in per_case else None
+        class_names = {int(i): str(n) for i, n in pairs.itertuples(index=False)} if pairs is not None else {}
+    sections = [f"<h1>{_e(title)}</h1>", _summary_section(summary)]
+
+    sections.append("<h2>Learning curves</h2>")
+    if train_log is not None and not train_log.empty:
+        sections.append(_img(learning_curves_png(train_log), "learning curves"))
+    else:
+        sections.append('<p class="note">No training log available.</p>')
+
+    sections.append("<h2>Per-case metrics by class</h2>")
+    if not per_case.empty:
+        sections.append(_img(metric_distributions_png(per_case), "metric distributions"))
+        sections.append(_worst_section(per_case, n_worst))
+    else:
+        sections.append('<p class="note">No cases.</p>')
+
+    sections.append("<h2>Overlays</h2>")
+    drawn = [_img(overlay_png(ov, class_names), f"overlay {ov.role} {ov.case_id}") for ov in overlays]
+    if drawn:
+        sections.append(
+            '<p class="note">Reference contours solid, prediction contours dashed; slices through the reference'
+            " foreground along the coarsest axis.</p>"
+        )
+        sections.extend(drawn)
+    else:
+        sections.append('<p class="note">No overlays.</p>')
+
+    sections.append(_config_section(config, lineage))
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(path: str | Path, *args: Any, **kwargs: Any) -> Path:
+    """:func:`build_report` written atomically to ``path``; returns the path."""
+    text = build_report(*args, **kwargs)
+    out = io.write_text(path, text)
+    logger.info("report written to %s (%.0f kB)", out, len(text) / 1024)
+    return out

@@ -1,0 +1,43 @@
+"""Check a dataset and print every problem as a table: ``python -m pipeline.validate <dataset root>``.
+
+Exit status 0 (with a one-line OK) when every case is fine, 1 when there is any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.dataset import read_dataset
+from pipeline.validation import format_problems, summary_line, validate_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="dataset folder (or a CSV manifest)")
+    parser.add_argument(
+        "--layout",
+        choices=["auto", "msd", "folder", "csv"],
+        default="auto",
+        help="msd: dataset.json + imagesTr/ + labelsTr/; folder: images and labels paired by case id; "
+        "csv: manifest case_id,image,label (default: detect)",
+    )
+    parser.add_argument("--manifest", default=None, help="CSV manifest (layout csv; default <root>/manifest.csv)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    info = read_dataset(args.root, args.layout, args.manifest)
+    problems = validate_dataset(info, args.workers)
+    if problems:
+        print(format_problems(problems))
+        print(summary_line(problems), file=sys.stderr)
+        return 1
+    print(f"OK: {len(info.cases)} cases in {args.root} validated, no problems")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

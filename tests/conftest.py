@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny synthetic study, preprocessed and sampled, in a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tiny_params(base: Path, **train_overrides: object) -> dict:
+    """A params dict for a study of 8 small synthetic cases, with every path under ``base``."""
+    train = {
+        "out_dir": str(base / "model"),
+        "log_file": str(base / "train_log.csv"),
+        "checkpoint_dir": str(base / "checkpoint"),
+        "epochs": 4,
+        "iters_per_epoch": 3,
+        "batch_size": 4,
+        "val_every": 1,
+        "model": {"base_width": 8, "depth": 2},
+    }
+    train.update(train_overrides)
+    return {
+        "data": {"root": str(base.parent / "raw")},
+        "synthetic": {"out_dir": str(base.parent / "raw"), "n_cases": 8},
+        "preprocess": {"out_dir": str(base.parent / "pre"), "workers": 1},
+        "sample": {
+            "out_dir": str(base.parent / "samples"),
+            "splits_file": str(base.parent / "splits.json"),
+            "test_fraction": 0.25,
+            "folds": 3,
+            "patch_size_2d": [32, 32],
+        },
+        "train": train,
+        "evaluate": {"predictions_dir": str(base / "pred"), "metrics_dir": str(base / "metrics"), "n_bootstrap": 100},
+        "mlflow": {"tracking_uri": f"sqlite:///{base.parent / 'mlflow.db'}"},
+    }
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthesised, preprocessed and sampled tiny study; returns its folder (runs go in sub-folders)."""
+    from pipeline import preprocess, sample
+    from pipeline.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("study")
+    params = tiny_params(root / "run")
+    cfg = from_dict(params)
+    make_synthetic_dataset(Path(cfg.synthetic.out_dir), n_cases=cfg.synthetic.n_cases, seed=0)
+    config = write_params(root / "base.yaml", params)
+    assert preprocess.main(["--config", str(config)]) == 0
+    assert sample.main(["--config", str(config)]) == 0
+    return root

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, ConfigError, flatten, from_dict, load, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_params_file_loads() -> None:
+    cfg = load(ROOT / "configs" / "params.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.sample.mode in ("2d", "3d")
+    assert isinstance(cfg.preprocess.target_spacing, tuple)
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"p.yaml.*unknown key.*'train'.*epocs"):
+        load(p)
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        ({"train": {"epochs": "ten"}}, "train.epochs: expected an integer"),
+        ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer"),
+        ({"train": {"augment": "yes"}}, "train.augment: expected true/false"),
+        ({"sample": {"mode": "4d"}}, r"sample.mode: '4d' is not one of"),
+        ({"sample": {"patch_size_3d": [32, 32]}}, "sample.patch_size_3d: expected 3 values"),
+        ({"train": {"model": {"name": "resnet"}}}, "train.model.name"),
+        ({"train": []}, "train: expected a mapping"),
+        ({"preprocess": {"target_spacing": "1mm"}}, "preprocess.target_spacing"),
+    ],
+)
+def test_wrong_types_are_errors(data: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        from_dict(data)
+
+
+def test_nullable_and_numeric_coercion() -> None:
+    cfg = from_dict({"preprocess": {"target_spacing": None}, "train": {"lr": 1, "max_minutes": 20}})
+    assert cfg.preprocess.target_spacing is None
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_minutes == 20.0
+
+
+def test_frozen_and_round_trip() -> None:
+    cfg = from_dict({"sample": {"mode": "3d"}})
+    with pytest.raises(AttributeError):
+        cfg.sample.mode = "2d"  # type: ignore[misc]
+    assert from_dict(to_dict(cfg)) == cfg
+    flat = flatten(to_dict(cfg))
+    assert flat["sample.mode"] == "3d" and flat["train.model.name"] == cfg.train.model.name
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)

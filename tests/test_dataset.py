@@ -1,0 +1,182 @@
+"""Reading dataset descriptions: MSD folders, paired folders, CSV manifests; problems are collected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.dataset import DATASET_ROW, detect_layout, read_dataset, read_folder, read_manifest, read_msd
+from pipeline.validation import validate_dataset
+
+
+def _touch_nii(path: Path, values: tuple[int, ...] = (0, 1)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.zeros((4, 4, 3), np.uint8)
+    data.flat[: len(values)] = values
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def _msd(root: Path, meta: object) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for cid in ("a", "b"):
+        _touch_nii(root / "imagesTr" / f"{cid}.nii.gz")
+        _touch_nii(root / "labelsTr" / f"{cid}.nii.gz")
+    text = meta if isinstance(meta, str) else json.dumps(meta)
+    (root / "dataset.json").write_text(text)
+    return root
+
+
+GOOD_TRAINING = [
+    {"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"},
+    {"image": "imagesTr/b.nii.gz", "label": "labelsTr/b.nii.gz"},
+]
+GOOD = {"name": "t", "labels": {"0": "background", "1": "fg"}, "training": GOOD_TRAINING}
+
+
+def test_read_msd(tmp_path: Path) -> None:
+    info = read_msd(_msd(tmp_path / "ds", GOOD))
+    assert info.problems == ()
+    assert [c.case_id for c in info.cases] == ["a", "b"]
+    assert info.labels == {0: "background", 1: "fg"} and info.num_classes == 2
+    assert all(c.images[0].is_absolute() and c.images[0].is_file() and c.label.is_file() for c in info.cases)
+    assert validate_dataset(info, progress=False) == []
+
+
+@pytest.mark.parametrize(
+    "meta,wording",
+    [
+        ('{"labels": {"0": "bg"},', "malformed dataset.json: invalid JSON"),
+        ("[1, 2]", "malformed dataset.json: top level is not an object"),
+        ({"training": GOOD_TRAINING}, "malformed dataset.json: missing 'labels'"),
+        (
+            {"labels": ["bg", "fg"], "training": GOOD_TRAINING},
+            "malformed dataset.json: 'labels' must be a non-empty object",
+        ),
+        ({"labels": {"0": "bg", "one": "fg"}, "training": GOOD_TRAINING}, "'labels' key(s) 'one' are not integers"),
+        ({"labels": {"1": "fg"}, "training": GOOD_TRAINING}, "'labels' must declare 0 (background)"),
+        ({"labels": {"0": "bg", "1": "fg"}}, "malformed dataset.json: missing 'training'"),
+        ({"labels": {"0": "bg", "1": "fg"}, "training": {}}, "'training' must be a non-empty list"),
+        ({**GOOD, "training": [GOOD_TRAINING[0], {"label": "labelsTr/b.nii.gz"}]}, "training[1] has no 'image' path"),
+        ({**GOOD, "training": [GOOD_TRAINING[0], {"image": "imagesTr/b.nii.gz"}]}, "training[1] has no 'label' path"),
+        ({**GOOD, "training": [GOOD_TRAINING[0], "imagesTr/b.nii.gz"]}, "training[1] is not an {image, label} object"),
+        ({**GOOD, "training": GOOD_TRAINING + GOOD_TRAINING[:1]}, "duplicate case id 'a'"),
+        ({**GOOD, "modality": {"zero": "MR"}}, "'modality' key(s) 'zero' are not integers"),
+    ],
+)
+def test_malformed_dataset_json_is_one_problem(tmp_path: Path, meta: object, wording: str) -> None:
+    info = read_msd(_msd(tmp_path / "ds", meta))
+    assert len(info.problems) == 1, info.problems
+    problem = info.problems[0]
+    assert Path(problem.file).name == "dataset.json"
+    assert wording in problem.problem
+    # the whole validation reports it too, once, and never crashes on the rest
+    assert [p for p in validate_dataset(info, progress=False) if p.file == problem.file] == [problem]
+
+
+def test_missing_dataset_json_and_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert [p.problem for p in read_msd(tmp_path / "empty").problems] == ["dataset.json not found"]
+    missing = read_dataset(tmp_path / "nope", "msd").problems
+    assert [(p.case_id, p.problem) for p in missing] == [(DATASET_ROW, "dataset folder not found")]
+
+
+def test_paths_outside_the_dataset_folder(tmp_path: Path) -> None:
+    elsewhere = _touch_nii(tmp_path / "elsewhere" / "x.nii.gz")
+    root = tmp_path / "ds"
+    training = [
+        {"image": "../elsewhere/x.nii.gz", "label": "labelsTr/a.nii.gz"},
+        {"image": "imagesTr/b.nii.gz", "label": str(elsewhere)},
+        {"image": "imagesTr/../../ds/imagesTr/a.nii.gz", "label": str(root / "labelsTr" / "a.nii.gz")},  # inside
+    ]
+    info = read_msd(_msd(root, {**GOOD, "training": training}))
+    assert [p.problem for p in info.problems] == [
+        "training[0] image path '../elsewhere/x.nii.gz' points outside the dataset folder",
+        f"training[1] label path '{elsewhere}' points outside the dataset folder",
+    ]
+    assert all(Path(p.file).name == "dataset.json" for p in info.problems)
+    assert [c.case_id for c in info.cases] == ["a"]
+
+
+def test_folder_layout_subfolders_and_flat(tmp_path: Path) -> None:
+    sub = tmp_path / "sub"
+    for cid in ("c1", "c2"):
+        _touch_nii(sub / "images" / f"{cid}.nii.gz")
+        _touch_nii(sub / "labels" / f"{cid}.nii.gz")
+    _touch_nii(sub / "images" / "lonely.nii.gz")
+    _touch_nii(sub / "labels" / "orphan.nii.gz")
+    info = read_folder(sub)
+    assert [c.case_id for c in info.cases] == ["c1", "c2"]
+    assert {(p.case_id, p.problem) for p in info.problems} == {
+        ("lonely", "no label file for this image"),
+        ("orphan", "no image file for this label"),
+    }
+    assert info.labels == {0: "background", 1: "foreground"} and info.labels_source == ""
+
+    flat = tmp_path / "flat"
+    _touch_nii(flat / "p1_image.nii.gz")
+    _touch_nii(flat / "p1_label.nii.gz", (0, 1, 2))
+    _touch_nii(flat / "p2_image.nii.gz")
+    _touch_nii(flat / "p2_seg.nii.gz")
+    info = read_dataset(flat, "folder")
+    assert [(c.case_id, c.images[0].name, c.label.name) for c in info.cases] == [
+        ("p1", "p1_image.nii.gz", "p1_label.nii.gz"),
+        ("p2", "p2_image.nii.gz", "p2_seg.nii.gz"),
+    ]
+    problems = validate_dataset(info, progress=False)
+    assert [p.problem for p in problems] == [
+        "label values [2] not declared in the default labels (no dataset.json) (declared: 0, 1)"
+    ]
+    (flat / "dataset.json").write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}}))
+    assert validate_dataset(read_dataset(flat, "folder"), progress=False) == []
+
+
+def test_manifest(tmp_path: Path) -> None:
+    root = _msd(tmp_path / "ds", GOOD)
+    (root / "manifest.csv").write_text(
+        "case_id,image,label\n"
+        "a,imagesTr/a.nii.gz,labelsTr/a.nii.gz\n"
+        f"b,{root / 'imagesTr' / 'b.nii.gz'},labelsTr/b.nii.gz\n"
+        "c,../c.nii.gz,labelsTr/b.nii.gz\n"
+        "a,imagesTr/b.nii.gz,labelsTr/b.nii.gz\n"
+        "d,imagesTr/b.nii.gz,\n"
+    )
+    info = read_dataset(root, "csv")
+    assert [c.case_id for c in info.cases] == ["a", "b", "a"]
+    assert [p.problem for p in info.problems] == [
+        "line 4 image path '../c.nii.gz' points outside the dataset folder",
+        "malformed manifest: line 6 has no 'label' path",
+        "duplicate case id 'a'",
+    ]
+    assert info.labels == {0: "background", 1: "fg"}  # from the dataset.json beside it
+    (tmp_path / "m.csv").write_text("case_id,image\na,imagesTr/a.nii.gz\n")
+    info = read_dataset(root, "csv", tmp_path / "m.csv")
+    assert [p.problem for p in info.problems] == ["malformed manifest: missing column(s) ['label']"]
+    assert read_manifest(tmp_path / "none.csv").problems[0].problem == "manifest not found"
+
+
+def test_manifest_paths_relative_to_root(tmp_path: Path) -> None:
+    root = _msd(tmp_path / "ds", GOOD)
+    manifest = tmp_path / "lists" / "train.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("case_id,image,label\na,imagesTr/a.nii.gz,labelsTr/a.nii.gz\n")
+    info = read_dataset(root, "csv", manifest)
+    assert info.problems == () and info.cases[0].images[0] == root / "imagesTr" / "a.nii.gz"
+    assert validate_dataset(info, progress=False) == []
+
+
+def test_detect_layout_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import validate
+
+    root = _msd(tmp_path / "ds", GOOD)
+    assert detect_layout(root) == "msd"
+    assert detect_layout(tmp_path) == "folder"
+    (root / "list.csv").write_text("case_id,image,label\nb,imagesTr/b.nii.gz,labelsTr/b.nii.gz\n")
+    assert detect_layout(root / "list.csv") == "csv"
+    assert validate.main([str(root), "--layout", "csv", "--manifest", "list.csv"]) == 0
+    assert capsys.readouterr().out.strip() == f"OK: 1 cases in {root} validated, no problems"
+    assert validate.main([str(root / "list.csv")]) == 0
