@@ -1,25 +1,28 @@
-"""Inference benchmark: sliding-window overhead, seconds per case, peak memory on a large volume.
+"""Inference benchmark: sliding-window overhead, seconds per case against nnU-Net, peak memory.
 
-    python benchmarks/bench_inference.py                      # overhead + lesion + hippocampus timings
-    python benchmarks/bench_inference.py --big                # + peak RSS on a 512x512x400 volume
-    python benchmarks/bench_inference.py --model models/model # time (and score) a trained model folder
+    python benchmarks/bench_inference.py                       # everything but the large volume
+    python benchmarks/bench_inference.py --big                 # + peak RSS on a 512x512x400 volume
+    python benchmarks/bench_inference.py --model M --nnunet-model N   # trained models: Dice as well
 
 1. **Sliding-window overhead.** MONAI's sliding-window (3D) and slice (2D) inferers with our window
    predictor (softmax per window, Gaussian blending) against the raw network's forward pass over the
    same number of windows (same batch size, same voxels through the network), in the same process.
    ``ratio = raw seconds / sliding-window seconds`` is the share of the network's throughput that
-   inference keeps (goal >= 0.8). Image voxels per second are printed as well (with overlap 0.5 each
-   voxel is seen ~2**dims times, so they are lower by design).
-2. **Seconds per case**, whole :class:`pipeline.inference.Predictor` path (read, preprocess, infer,
-   invert, post-process), on the three pyradiomics lesion scans and on hippocampus scans, with and
-   without mirroring. Against nnU-Net's ``nnUNetv2_predict`` on the same scans and threads when
-   ``nnunetv2`` is importable and ``--nnunet-results``/``--nnunet-dataset`` name a trained model;
-   otherwise the comparison is reported as skipped, with the reason.
-3. **Peak memory** (``--big``): a synthetic 512x512x400 CT-like volume through a small 3D network, in a
-   fresh subprocess per setting (float32 vs float16 blending), peak RSS from ``getrusage``.
+   inference keeps (goal >= 0.8). Image voxels per second are printed too (with overlap 0.5 each voxel
+   is seen ~2**dims times, so they are lower by design).
+2. **Seconds per case in process**, the whole :meth:`pipeline.inference.Predictor.predict` (read,
+   preprocess, infer, resample back), on the three pyradiomics lesion scans (the default study's 2D
+   model) and on hippocampus scans (configs/hippocampus.yaml's 3D model), with phase timings.
+3. **Against nnU-Net** (hippocampus, with and without mirroring): ``python -m pipeline.predict`` and
+   ``nnUNetv2_predict_from_modelfolder`` on the same scans, same threads, a fresh process per run,
+   alternating; seconds per case = run time / cases. Without ``--nnunet-model`` nnU-Net's own 3d_fullres
+   plan is made (fingerprint + plan on the 200 cases) and its network randomly initialised: timing does
+   not depend on the weights, Dice does, so Dice is only printed when both models are trained.
+   Skipped, with the reason, when nnunetv2 is not installed.
+4. **Peak memory** (``--big``): a synthetic 512x512x400 CT-like volume through a small 3D network, in a
+   fresh subprocess per setting (float32 vs float16 blending), peak RSS from ``getrusage`` and per phase.
 
-Medians of ``--repeats`` runs after one warm-up. Random-initialised networks unless ``--model`` is
-given: timings do not depend on the weights; Dice does, so it is only printed for a trained model.
+Medians of ``--repeats`` runs (in-process timings after one warm-up).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,7 +125,16 @@ def bench_overhead(dims: int, repeats: int) -> dict:
     }
 
 
-def random_model_folder(folder: Path, dims: int, target: tuple[float, ...], patch: list[int], labels: dict) -> Path:
+def random_model_folder(
+    folder: Path,
+    dims: int,
+    target: tuple[float, ...],
+    patch: list[int],
+    labels: dict,
+    sw_batch_size: int = 8,
+    mirror: bool = False,
+) -> Path:
+    """A model folder with a randomly initialised monai_unet (width 16, depth 3), as our configs train it."""
     torch.manual_seed(0)
     model_cfg = {"name": "monai_unet", "base_width": 16, "depth": 3}
     k = len(labels)
@@ -134,7 +147,7 @@ def random_model_folder(folder: Path, dims: int, target: tuple[float, ...], patc
         "plan": Plan(tuple(target), "zscore", True, labels, {0: "MRI"}).to_dict(),
         "patch_size": patch,
         "slice_axis": 2,
-        "inference": {"overlap": 0.5, "sw_batch_size": 8, "blend": "gaussian", "mirror_tta": False},
+        "inference": {"overlap": 0.5, "sw_batch_size": sw_batch_size, "blend": "gaussian", "mirror_tta": mirror},
     }
     net = build_model(spatial_dims=dims, in_channels=1, out_channels=k, **model_cfg)
     return save_model_folder(folder, net, meta)
@@ -148,25 +161,25 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
     return out
 
 
-def bench_cases(name: str, model_dir: Path, cases: list[Case], repeats: int, trained: bool) -> list[dict]:
+def bench_cases(name: str, model_dir: Path, cases: list[Case], repeats: int, mirrors: tuple[bool, ...]) -> list[dict]:
+    """In-process seconds per case of :meth:`Predictor.predict` (median per case, then over cases)."""
     rows = []
-    for mirror in (False, True):
+    for mirror in mirrors:
         predictor = Predictor(model_dir, "cpu", mirror_tta=mirror)
-        per_case, dices = [], []
+        per_case = [median_seconds(lambda c=case, p=predictor: p.predict(c), repeats) for case in cases]
+        phases: dict[str, list[float]] = {}
         for case in cases:
-            per_case.append(median_seconds(lambda c=case, p=predictor: p.predict(c), repeats))
-            if trained and case.label is not None:
-                ref = np.rint(np.asanyarray(nib.load(str(case.label)).dataobj)).astype(int)
-                dices.append(np.mean(dice_per_class(predictor.predict(case).labels, ref, predictor.num_classes)))
+            for phase, sec in predictor.predict(case).timings.items():
+                phases.setdefault(phase, []).append(sec)
         rows.append(
             {
                 "data": name,
-                "model": f"{predictor.spatial_dims}D",
+                "model": f"{predictor.spatial_dims}D {predictor.meta['model']['name']}",
                 "mirroring": mirror,
                 "cases": len(cases),
                 "median_s_per_case": statistics.median(per_case),
                 "max_s_per_case": max(per_case),
-                "mean_dice": float(np.mean(dices)) if dices else None,
+                **{f"{k}_s": statistics.median(v) for k, v in phases.items()},
             }
         )
     return rows
@@ -177,39 +190,149 @@ def hippocampus_cases(n: int) -> list[Case]:
     return [Case(p.name[: -len(".nii.gz")], (p,), HIPPOCAMPUS / "labelsTr" / p.name) for p in images]
 
 
-def bench_nnunet(cases: list[Case], args: argparse.Namespace) -> list[dict] | str:
-    """Seconds per case of ``nnUNetv2_predict`` on the same scans, or the reason it was skipped."""
+def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall seconds of a command; exits with its output tail if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def nnunet_missing() -> str | None:
+    """Why nnU-Net cannot be run here, or None."""
     try:
         import nnunetv2  # noqa: F401
     except ImportError:
-        return "nnunetv2 is not installed (no internet here to install it or to fetch a trained Task04 model)"
-    if not (args.nnunet_results and args.nnunet_dataset):
-        return "nnunetv2 is installed but --nnunet-results/--nnunet-dataset do not name a trained model"
-    exe = shutil.which("nnUNetv2_predict")
-    if exe is None:
-        return "nnUNetv2_predict is not on PATH"
+        return "nnunetv2 is not installed (see the preprocessing section: pip install --no-deps nnunetv2)"
+    for exe in ("nnUNetv2_predict_from_modelfolder", "nnUNetv2_extract_fingerprint", "nnUNetv2_plan_experiment"):
+        if shutil.which(exe) is None:
+            return f"{exe} is not on PATH"
+    return None
+
+
+def nnunet_random_model(work: Path, threads: int) -> Path:
+    """nnU-Net's own 3d_fullres plan for the hippocampus and a randomly initialised network of that plan.
+
+    Fingerprint and plan run on all MSD training cases (symlinked into an nnU-Net raw layout in ``work``);
+    the network is built by nnU-Net's trainer from the plan and saved in its model-folder layout, so
+    ``nnUNetv2_predict_from_modelfolder`` runs exactly its usual code. Timing does not depend on weights.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    meta = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
+    raw = work / "nnUNet_raw" / "Dataset004_Hippocampus"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    for entry in meta["training"]:
+        image, label = (HIPPOCAMPUS / entry["image"]).resolve(), (HIPPOCAMPUS / entry["label"]).resolve()
+        case = image.name[: -len(".nii.gz")]
+        (raw / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(image)
+        (raw / "labelsTr" / f"{case}.nii.gz").symlink_to(label)
+    dataset = {
+        "channel_names": {"0": "MRI"},
+        "labels": {v: int(k) for k, v in meta["labels"].items()},
+        "numTraining": len(meta["training"]),
+        "file_ending": ".nii.gz",
+    }
+    (raw / "dataset.json").write_text(json.dumps(dataset))
+    env = {**os.environ, **{f"nnUNet_{k}": str(work / f"nnUNet_{k}") for k in ("raw", "preprocessed", "results")}}
+    run(["nnUNetv2_extract_fingerprint", "-d", "4", "-np", str(threads)], env)
+    run(["nnUNetv2_plan_experiment", "-d", "4"], env)
+    pre = work / "nnUNet_preprocessed" / "Dataset004_Hippocampus"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    manager = PlansManager(plans)
+    config = manager.get_configuration("3d_fullres")
+    torch.manual_seed(0)
+    net = nnUNetTrainer.build_network_architecture(manager, config, 1, 3, enable_deep_supervision=False)
+    folder = work / "nnunet_model"
+    (folder / "fold_0").mkdir(parents=True)
+    checkpoint = {
+        "network_weights": net.state_dict(),
+        "init_args": {"configuration": "3d_fullres"},
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
+    shutil.copy(pre / "nnUNetPlans.json", folder / "plans.json")
+    shutil.copy(pre / "dataset.json", folder / "dataset.json")
+    return folder
+
+
+def output_name(system: str, case: Case) -> str:
+    """nnU-Net drops the channel suffix of ``<case>_0000.nii.gz``; ours keeps the input's name."""
+    return f"{case.case_id}.nii.gz" if system == "nnU-Net" else f"{case.case_id}_0000.nii.gz"
+
+
+def bench_against_nnunet(cases: list[Case], ours: Path, args: argparse.Namespace, work: Path) -> list[dict] | str:
+    """End to end (a fresh process per run: imports, model load, all cases), ours and nnU-Net alternating."""
+    reason = nnunet_missing() if args.nnunet_model is None else None
+    if reason:
+        return reason
+    nnunet = args.nnunet_model or nnunet_random_model(work, args.threads)
+    src = work / "scans"
+    src.mkdir()
+    for case in cases:  # nnU-Net's naming; ours takes any file name
+        (src / f"{case.case_id}_0000.nii.gz").symlink_to(case.images[0].resolve())
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    trained = args.model is not None and args.nnunet_model is not None
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "in"
-        src.mkdir()
-        for case in cases:  # nnU-Net naming: <case>_0000.nii.gz
-            (src / f"{case.case_id}_0000.nii.gz").symlink_to(case.images[0])
-        env = {**os.environ, "nnUNet_results": str(args.nnunet_results), "OMP_NUM_THREADS": str(args.threads)}
-        for mirror in (False, True):
-            out = Path(tmp) / f"out_{mirror}"
-            cmd = [exe, "-i", str(src), "-o", str(out), "-d", args.nnunet_dataset, "-c", "3d_fullres"]
-            cmd += ["-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"] + ([] if mirror else ["--disable_tta"])
-            t0 = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
-            seconds = (time.perf_counter() - t0) / len(cases)
-            dices = []
-            for case in cases:
-                pred = np.asanyarray(nib.load(str(out / f"{case.case_id}.nii.gz")).dataobj)
-                ref = np.rint(np.asanyarray(nib.load(str(case.label)).dataobj)).astype(int)
-                dices.append(np.mean(dice_per_class(pred, ref, 3)))
-            row = {"data": "hippocampus", "model": "nnU-Net 3d_fullres", "mirroring": mirror, "cases": len(cases)}
-            rows.append({**row, "median_s_per_case": seconds, "mean_dice": float(np.mean(dices))})
+    for mirror in (False, True):
+        times: dict[str, list[float]] = {"ours": [], "nnU-Net": []}
+        outs = {name: work / f"out_{name}_{mirror}" for name in times}
+        for _ in range(args.repeats):
+            for name in times:
+                shutil.rmtree(outs[name], ignore_errors=True)
+                if name == "ours":
+                    cmd = [sys.executable, "-m", "pipeline.predict", "--model", str(ours), "--input", str(src)]
+                    cmd += ["--output", str(outs[name]), "--threads", str(args.threads)]
+                    cmd += ["--mirror" if mirror else "--no-mirror"]
+                else:
+                    cmd = ["nnUNetv2_predict_from_modelfolder", "-i", str(src), "-o", str(outs[name])]
+                    cmd += ["-m", str(nnunet), "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
+                    cmd += ["--disable_progress_bar"] + ([] if mirror else ["--disable_tta"])
+                times[name].append(run(cmd, env) / len(cases))
+                written = {p.name for p in outs[name].glob("*.nii.gz")}
+                missing = [c.case_id for c in cases if output_name(name, c) not in written]
+                if missing:  # nnU-Net exits 0 even when it predicted nothing
+                    sys.exit(f"{name} wrote no prediction for {missing} ({' '.join(cmd)})")
+        for name, values in times.items():
+            row = {"system": name, "mirroring": mirror, "cases": len(cases), "s_per_case": statistics.median(values)}
+            if trained:
+                dices = []
+                for case in cases:
+                    pred = np.asanyarray(nib.load(str(outs[name] / output_name(name, case))).dataobj)
+                    ref = np.rint(np.asanyarray(nib.load(str(case.label)).dataobj)).astype(int)
+                    dices.append(np.mean(dice_per_class(np.asarray(pred), ref, 3)))
+                row["mean_dice"] = float(np.mean(dices))
+            rows.append(row)
+        rows[-2]["ours/nnU-Net"] = rows[-2]["s_per_case"] / rows[-1]["s_per_case"]
     return rows
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's resident set size (Linux /proc) every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.every, self.samples, self.stop = every, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with open("/proc/self/status") as fh:
+                kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+            self.samples.append((time.monotonic(), kb / 2**20))
+            time.sleep(self.every)
+
+    def peaks(self, start: float, phases: dict[str, float]) -> dict[str, float]:
+        """Peak RSS (GB) within each phase, the phases following each other from ``start``."""
+        out, t = {}, start
+        for name, seconds in phases.items():
+            inside = [gb for when, gb in self.samples if t <= when <= t + seconds]
+            out[f"peak_{name}_gb"] = max(inside, default=float("nan"))
+            t += seconds
+        return out
 
 
 def big_volume_child(half: bool, shape: tuple[int, int, int]) -> dict:
@@ -240,17 +363,23 @@ def big_volume_child(half: bool, shape: tuple[int, int, int]) -> dict:
         folder = save_model_folder(Path(tmp) / "model", net, meta)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         predictor = Predictor(folder, "cpu", half_precision=half)
-        t0 = time.perf_counter()
+        sampler = RssSampler()
+        sampler.start()
+        t0 = time.monotonic()
         pred = predictor.predict(Case("big", (path,)))
-        seconds = time.perf_counter() - t0
+        seconds = time.monotonic() - t0
+        sampler.stop.set()
+        sampler.join()
     return {
         "shape": "x".join(map(str, shape)),
         "classes": 3,
         "half_precision": pred.half_precision,
         "seconds": seconds,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "rss_before_predict_gb": before,
+        **{f"{k}_s": v for k, v in pred.timings.items()},
         "input_float32_gb": float(np.prod(shape)) * 4 / 2**30,
+        "rss_before_predict_gb": before,
+        **sampler.peaks(t0, pred.timings),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
 
@@ -283,11 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hippocampus", type=int, default=10, help="number of hippocampus cases (0: skip)")
-    parser.add_argument("--model", type=Path, default=None, help="trained 3D hippocampus model folder")
+    parser.add_argument("--model", type=Path, default=None, help="our trained 3D hippocampus model folder")
     parser.add_argument("--big", action="store_true", help="also measure peak RSS on a 512x512x400 volume")
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 400])
-    parser.add_argument("--nnunet-results", type=Path, default=None, help="nnUNet_results folder")
-    parser.add_argument("--nnunet-dataset", default=None, help="nnU-Net dataset id or name, e.g. 4")
+    parser.add_argument("--nnunet-cases", type=int, default=5, help="hippocampus cases for nnU-Net (0: skip)")
+    parser.add_argument("--nnunet-model", type=Path, default=None, help="trained nnU-Net model folder (fold_0)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--big-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
@@ -304,32 +433,30 @@ def main(argv: list[str] | None = None) -> int:
     print("## sliding window vs raw forward (same windows, same process)\n" + table(overhead) + "\n")
 
     cases: list[dict] = []
+    hippo = hippocampus_cases(args.hippocampus) if HIPPOCAMPUS.is_dir() and args.hippocampus else []
     with tempfile.TemporaryDirectory() as tmp:
-        if LESIONS.is_dir():
-            lesions = [
-                Case(p.name.replace("_image.nii.gz", ""), (p,), Path(str(p).replace("_image", "_label")))
-                for p in sorted(LESIONS.glob("*_image.nii.gz"))
-            ]
+        work = Path(tmp)
+        if LESIONS.is_dir():  # the default study's model: 2D monai_unet, 64x64 patches; planned spacing
+            lesions = [Case(p.name.replace("_image.nii.gz", ""), (p,)) for p in sorted(LESIONS.glob("*_image.nii.gz"))]
             labels = {0: "background", 1: "lesion"}
-            for dims, patch in ((2, [64, 64]), (3, [64, 64, 16])):
-                folder = random_model_folder(Path(tmp) / f"lesion{dims}", dims, (0.78125, 0.78125, 6.5), patch, labels)
-                cases += bench_cases("lesions", folder, lesions, args.repeats, trained=False)
-        hippo = hippocampus_cases(args.hippocampus) if HIPPOCAMPUS.is_dir() and args.hippocampus else []
-        if hippo:
-            trained = args.model is not None
+            folder = random_model_folder(work / "lesion", 2, (0.78125, 0.78125, 6.5), [64, 64], labels, 16)
+            cases += bench_cases("lesions", folder, lesions, args.repeats, (False,))
+        if hippo:  # configs/hippocampus.yaml: 3D monai_unet, 40x56x40 patches, 1 mm
             labels = {0: "background", 1: "anterior", 2: "posterior"}
-            folder = args.model or random_model_folder(Path(tmp) / "hippo", 3, (1.0, 1.0, 1.0), [40, 56, 40], labels)
-            cases += bench_cases("hippocampus", folder, hippo, args.repeats, trained)
-    results["cases"] = cases
-    print("## seconds per case (read + preprocess + infer + invert)\n" + table(cases) + "\n")
+            ours = args.model or random_model_folder(work / "hippo", 3, (1.0, 1.0, 1.0), [40, 56, 40], labels, 4)
+            cases += bench_cases("hippocampus", ours, hippo, args.repeats, (False, True))
+        results["cases"] = cases
+        print("## seconds per case, in process (read + preprocess + infer + resample)\n" + table(cases) + "\n")
 
-    nnunet = bench_nnunet(hippo, args) if hippo else "no hippocampus cases"
-    if isinstance(nnunet, str):
-        print(f"## nnU-Net comparison skipped: {nnunet}\n")
-        results["nnunet"] = {"skipped": nnunet}
-    else:
-        print("## nnU-Net nnUNetv2_predict, same cases and threads\n" + table(nnunet) + "\n")
-        results["nnunet"] = nnunet
+        if hippo and args.nnunet_cases:
+            compared = bench_against_nnunet(hippo[: args.nnunet_cases], ours, args, work)
+            if isinstance(compared, str):
+                print(f"## nnU-Net comparison skipped: {compared}\n")
+                results["nnunet"] = {"skipped": compared}
+            else:
+                note = "trained models" if "mean_dice" in compared[0] else "random weights (timing only, no Dice)"
+                print(f"## hippocampus, end to end per run / cases, vs nnUNetv2_predict ({note})\n{table(compared)}\n")
+                results["nnunet"] = compared
 
     if args.big:
         big = bench_big(tuple(args.shape), args.threads)

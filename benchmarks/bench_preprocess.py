@@ -82,7 +82,8 @@ def nnunet(work: Path, dataset_id: int, workers: int, env: dict[str, str], verif
     shutil.rmtree(pre, ignore_errors=True)
     pre.mkdir()
     results.mkdir(exist_ok=True)
-    env = {**env, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(results)}
+    env = {**env, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(pre)}
+    env["nnUNet_results"] = str(results)
     exe = shutil.which("nnUNetv2_plan_and_preprocess")
     if exe is None:
         sys.exit("nnUNetv2_plan_and_preprocess not found: install the bench extra (see benchmarks/README.md)")
@@ -119,9 +120,11 @@ def main() -> None:
                 times[who].append(seconds)
                 print(f"run {i + 1} {who:>6}: {seconds:7.2f} s   (1-min load average before: {load:.2f})", flush=True)
         n_ours = len(list((work / "ours" / "images").glob("*.npy")))
+        n_nnunet = len(list((work / "nnUNet_preprocessed").glob("Dataset*/*_3d_fullres/*.pkl")))
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["ours"] / med["nnunet"]
-    print(f"\ndataset {args.data} ({n_ours} cases), {args.workers} workers, {os.cpu_count()} cores")
+    print(f"\ndataset {args.data}, {args.workers} workers, {os.cpu_count()} cores")
+    print(f"cases written by the last runs: ours {n_ours}, nnU-Net {n_nnunet}")
     print(f"ours   (python -m pipeline.preprocess):                    median {med['ours']:7.2f} s")
     print(f"nnU-Net (nnUNetv2_plan_and_preprocess -c 3d_fullres):      median {med['nnunet']:7.2f} s")
     print(f"ratio ours / nnU-Net: {ratio:.3f}  (goal <= 0.5: {'met' if ratio <= 0.5 else 'NOT met'})")

@@ -8,14 +8,16 @@ The path of one scan (:meth:`Predictor.predict`):
    :class:`~monai.inferers.SliceInferer` (2D models, slice by slice along the trained axis). Each window
    goes through :class:`WindowPredictor` (softmax, optional mirroring TTA per window), so the blended
    output is a probability map and no full-volume softmax or flipped full-volume copy is ever made;
-3. the chain's inverse (``Invertd``: un-crop, resample back, reorient) one class channel at a time,
-   keeping a running arg-max on the scan's own voxel grid.
+3. back to the scan's voxel grid: reorientation, resampling and crop compose into one affine map
+   (:func:`native_mapping`), applied tile by tile (:func:`resample_to_native`) with a per-tile arg-max.
+   ``Predictor(..., inverse="invertd")`` uses MONAI's ``Invertd`` instead (one class channel at a time);
+   the two agree (tests/test_inference.py), the tiled one needs a fraction of the memory;
+4. optionally the largest connected component per class, on the scan's grid.
 
 Memory on large volumes: windows are streamed from the (CPU) volume to the model's device and blended
 into an accumulator kept on the CPU. Above ``half_precision_voxels`` voxels (preprocessed grid) the
 volume and the accumulator are held in float16 (the network itself still runs in float32 on each
-window), halving the largest buffers; the inversion then works on one float32 channel at a time, so
-the native-resolution probabilities of all classes never exist at once.
+window). The scan-grid probabilities of all classes never exist at once in float32: only one tile does.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from itertools import combinations
+from dataclasses import dataclass, field
+from itertools import combinations, product
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Compose, Invertd, LoadImaged
@@ -210,6 +213,10 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def _quantize(p: torch.Tensor) -> np.ndarray:
+    return torch.round(p.clamp(0, 1) * 255).to(torch.uint8).numpy()
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -240,6 +247,103 @@ def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, pa
     return io.write_atomic(path, lambda p: nib.save(img, str(p)))
 
 
+#: ops of the preprocessing chain that :func:`native_mapping` knows how to undo in one resampling
+AFFINE_OPS = {"Orientation", "SpatialResample", "Spacing", "CropForeground"}
+TILE = 128  # native-grid tile edge of the streaming inverse (voxels)
+
+
+@dataclass(frozen=True)
+class NativeMapping:
+    """How the scan's voxel grid maps into the preprocessed (cropped) grid: one affine plus the crop sides."""
+
+    matrix: np.ndarray  # 4x4: scan voxel index -> preprocessed voxel index (continuous)
+    native_shape: tuple[int, int, int]
+    cut_low: tuple[bool, bool, bool]  # the crop removed voxels below this preprocessed axis
+    cut_high: tuple[bool, bool, bool]  # ... above it
+
+
+def native_mapping(image: MetaTensor) -> NativeMapping | None:
+    """The scan-grid -> preprocessed-grid mapping of a preprocessed image, or None if its chain is not affine.
+
+    Reorientation, resampling and cropping compose into one affine (preprocessed affine^-1 @ scan affine);
+    the crop's recorded margins say on which sides the cropped-away voxels lie (background).
+    """
+    ops = image.applied_operations
+    if any(op.get("class") not in AFFINE_OPS for op in ops):
+        return None
+    native_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
+    shape = tuple(int(s) for s in np.asarray(image.meta["spatial_shape"]).ravel()[:3])
+    matrix = np.linalg.solve(np.asarray(image.affine, dtype=np.float64), native_affine)
+    low, high = [False] * 3, [False] * 3
+    for op in ops:
+        if op.get("class") == "CropForeground":
+            cropped = [int(c) for c in op["extra_info"]["cropped"]]
+            low = [bool(cropped[2 * a]) for a in range(3)]
+            high = [bool(cropped[2 * a + 1]) for a in range(3)]
+    return NativeMapping(matrix, shape, tuple(low), tuple(high))  # type: ignore[arg-type]
+
+
+def resample_to_native(
+    probs: torch.Tensor, mapping: NativeMapping, keep_probabilities: bool = False, tile: int = TILE
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arg-max labels (and uint8 probabilities) on the scan's grid from preprocessed-grid probabilities.
+
+    Streams over cubic tiles of the scan grid: each tile's voxel centres are mapped into the preprocessed
+    grid, the block of ``probs`` they fall in is taken in float32 and sampled trilinearly (border values
+    up to the grid's edge, as MONAI's inverse resampling does); voxels that fall in a cropped-away region
+    (more than half a voxel beyond a cropped side) are background. Memory: the labels, one tile and its
+    block; ``probs`` may stay float16.
+    """
+    k = probs.shape[0]
+    n = np.asarray(probs.shape[1:])
+    lin, off = mapping.matrix[:3, :3], mapping.matrix[:3, 3]
+    labels = np.zeros(mapping.native_shape, dtype=np.uint8)
+    out = None
+    if keep_probabilities:
+        out = np.zeros((*mapping.native_shape, k), dtype=np.uint8)
+        out[..., 0] = 255
+    starts = [range(0, s, tile) for s in mapping.native_shape]
+    for x0, y0, z0 in product(*starts):
+        sl = tuple(slice(a, min(a + tile, s)) for a, s in zip((x0, y0, z0), mapping.native_shape, strict=True))
+        # preprocessed-grid coordinates of the tile's voxel centres (affine, so the block is spanned by the corners)
+        corners = np.array(list(product(*[(s.start, s.stop - 1) for s in sl])), dtype=np.float64)
+        ends = corners @ mapping.matrix[:3, :3].T + off
+        lo = np.clip(np.floor(ends.min(0)).astype(int), 0, n - 1)
+        hi = np.clip(np.ceil(ends.max(0)).astype(int), 0, n - 1)
+        size = hi - lo + 1
+        scale = np.where(size > 1, 2.0 / np.maximum(size - 1, 1), 0.0)
+        idx = [torch.arange(s.start, s.stop, dtype=torch.float32) for s in sl]
+        outside = torch.zeros([s.stop - s.start for s in sl], dtype=torch.bool)
+        grid_axes = []
+        for a in range(3):  # block-relative coordinate along preprocessed axis a, float32 (ample below 10^5 voxels)
+            ua = (
+                (idx[0] * float(lin[a, 0]))[:, None, None]
+                + (idx[1] * float(lin[a, 1]))[None, :, None]
+                + (idx[2] * float(lin[a, 2]) + float(off[a] - lo[a]))[None, None, :]
+            )
+            if mapping.cut_low[a]:
+                outside |= ua < -0.5 - lo[a]
+            if mapping.cut_high[a]:
+                outside |= ua > n[a] - 0.5 - lo[a]
+            grid_axes.append(ua.mul_(float(scale[a])).sub_(1.0 if size[a] > 1 else 0.0))
+        if bool(outside.all()):
+            continue
+        grid = torch.stack(grid_axes[::-1], dim=-1)[None]  # grid_sample wants (W, H, D) = (z, y, x) order
+        block = probs[:, lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1].float()[None]
+        sampled = F.grid_sample(block, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+        best, tile_labels = sampled[0].clone(), torch.zeros(outside.shape, dtype=torch.uint8)
+        for c in range(1, k):  # running arg-max (first maximum wins, like torch.argmax)
+            tile_labels = torch.where(sampled[c] > best, c, tile_labels).to(torch.uint8)
+            torch.maximum(best, sampled[c], out=best)
+        tile_labels.masked_fill_(outside, 0)
+        labels[sl] = tile_labels.numpy()
+        if out is not None:
+            sampled[0][outside] = 1.0
+            sampled[1:, outside] = 0.0
+            out[sl] = _quantize(sampled.permute(1, 2, 3, 0))
+    return labels, out
+
+
 @dataclass
 class Prediction:
     """One scan's prediction on its own voxel grid."""
@@ -249,10 +353,7 @@ class Prediction:
     probabilities: np.ndarray | None  # uint8 (X, Y, Z, K), probability * 255, or None
     seconds: float
     half_precision: bool
-
-
-def _quantize(p: torch.Tensor) -> np.ndarray:
-    return torch.round(p.clamp(0, 1) * 255).to(torch.uint8).numpy()
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: read, preprocess, infer, ...
 
 
 class Predictor:
@@ -274,6 +375,7 @@ class Predictor:
         meta: dict | None = None,
         keep_largest: bool | None = None,
         half_precision: bool | None = None,
+        inverse: str = "streaming",
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         if model is not None:
@@ -305,6 +407,9 @@ class Predictor:
         self.window = WindowPredictor(self.model, self.mirror)
         self.keep_largest = inf.get("keep_largest_component", False) if keep_largest is None else keep_largest
         self.half_precision = half_precision
+        if inverse not in ("streaming", "invertd"):
+            raise ValueError(f"inverse must be 'streaming' or 'invertd', got {inverse!r}")
+        self.inverse = inverse
         self.half_precision_voxels = inf.get("half_precision_voxels", DEFAULT_HALF_PRECISION_VOXELS)
         self.chain = preprocessing(with_label=False, **chain_kwargs(self.plan))
         first = self.chain.transforms[0]
@@ -326,9 +431,17 @@ class Predictor:
     def predict(self, case: Case, probabilities: bool = False) -> Prediction:
         """Predict one scan (label-free); also its class probabilities on its grid if asked."""
         t0 = time.monotonic()
+        timings: dict[str, float] = {}
+
+        marks = [t0]
+
+        def lap(name: str) -> None:
+            marks.append(time.monotonic())
+            timings[name] = marks[-1] - marks[-2]
+
         with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
             images = tuple(
-                p if is_nifti(p) else itk_to_nifti(p, Path(tmp) / f"{i}.nii.gz") for i, p in enumerate(case.images)
+                p if is_nifti(p) else itk_to_nifti(p, Path(tmp) / f"{i}.nii") for i, p in enumerate(case.images)
             )
             reference = reference_image(images[0])
             try:
@@ -340,8 +453,11 @@ class Predictor:
             if images[0] != case.images[0]:  # converted copy: keep its header only, the file goes away
                 shape = reference.shape
                 reference = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), reference.affine, reference.header)
+        lap("read")
         data = self._rest(data)
+        lap("preprocess")
         image: MetaTensor = data.pop("image")
+        mapping = native_mapping(image) if self.inverse == "streaming" else None
         stub = MetaTensor(torch.zeros(1), meta=image.meta, applied_operations=image.applied_operations)
         half = self._use_half(int(np.prod(image.shape[1:])))
         volume = image.as_tensor()[None].to(torch.float16 if half else torch.float32)
@@ -349,19 +465,25 @@ class Predictor:
         with torch.no_grad():
             probs = self.inferer(volume, self.window)[0]  # (K, X', Y', Z') on the CPU
         del volume
-        labels, native_probs = self._argmax_native(probs, stub, probabilities)
+        lap("infer")
+        if mapping is not None:
+            labels, native_probs = resample_to_native(probs, mapping, probabilities)
+        else:
+            labels, native_probs = self._argmax_native(probs, stub, probabilities)
         del probs
+        lap("resample")
         if self.keep_largest:
             keep_largest_component(labels, range(1, self.num_classes))  # probabilities stay as predicted
+            lap("largest_component")
         if labels.shape != tuple(reference.shape[:3]):
             raise RuntimeError(f"{case.images[0]}: prediction shape {labels.shape} != image shape {reference.shape}")
         seconds = time.monotonic() - t0
-        return Prediction(labels, reference, native_probs, seconds, half)
+        return Prediction(labels, reference, native_probs, seconds, half, timings)
 
     def _argmax_native(
         self, probs: torch.Tensor, stub: MetaTensor, keep_probabilities: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Running arg-max over classes, each inverted to the scan's grid on its own (bounded memory).
+        """Running arg-max over classes, each inverted with MONAI's ``Invertd`` on its own (the reference path).
 
         The background is inverted as ``1 - p0`` so that voxels outside the cropped field of view (padded
         with zeros by the inverse crop) come back as background with probability 1.

@@ -25,11 +25,14 @@ Plan (:func:`make_plan`), every value overridable in :class:`pipeline.config.Pre
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import math
 import multiprocessing as mp
+import signal
+import sys
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -111,7 +114,7 @@ class Plan:
     def volume_hash(self) -> str:
         """Hash of everything that determines the written volumes (not the patch/network plan)."""
         key = {**self.transform_kwargs(), "labels": {str(k): v for k, v in sorted(self.labels.items())}}
-        return hashlib.sha256(json.dumps(io._json_safe(key), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         return {
@@ -195,7 +198,7 @@ class NormalizeChannelsd(MapTransform):
 # ------------------------------------------------------------------------------------- fingerprint
 
 
-def _source_key(case: Case) -> str:
+def source_key(case: Case) -> str:
     """Size and modification time of every file of a case: a changed file means a new fingerprint."""
     parts = []
     for path in (*case.images, case.label):
@@ -269,7 +272,7 @@ def fingerprint_case(case: Case, labels: Sequence[int], samples_per_case: int = 
         stats = _stats(values)
         for name, value in stats.items():
             row[f"fg{c}_{name}"] = value
-    row["source_key"] = _source_key(case)
+    row["source_key"] = source_key(case)
     return row, samples.astype(np.float32)
 
 
@@ -287,7 +290,13 @@ def _fingerprint_job(args: tuple[Case, tuple[int, ...], int]) -> tuple[dict, np.
 
 
 def _init_worker() -> None:
+    """One torch thread per worker; on Linux, die with the parent (a killed run leaves no orphans writing)."""
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
 
 
 def run_pool(fn: Any, jobs: Sequence, workers: int, desc: str) -> list:
@@ -321,7 +330,7 @@ def fingerprint_dataset(
     todo = []
     for case in info.cases:
         old = cached_rows.get(case.case_id)
-        if old is not None and case.case_id in cached_samples and old.get("source_key") == _source_key(case):
+        if old is not None and case.case_id in cached_samples and old.get("source_key") == source_key(case):
             rows[case.case_id], samples[case.case_id] = old, cached_samples[case.case_id]
         else:
             todo.append((case, labels, samples_per_case))

@@ -62,6 +62,21 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     return cases
 
 
+def check_outputs(cases: list[Case], output: Path) -> None:
+    """Refuse two scans with the same case id, and outputs that would overwrite an input scan."""
+    seen: dict[str, Path] = {}
+    inputs = {p.resolve() for c in cases for p in c.images}
+    for case in cases:
+        if case.case_id in seen:
+            raise ValueError(
+                f"{case.images[0]} and {seen[case.case_id]} would both be written as {case.case_id}.nii.gz"
+            )
+        seen[case.case_id] = case.images[0]
+        for name in (f"{case.case_id}.nii.gz", f"{case.case_id}_probabilities.nii.gz"):
+            if (output / name).resolve() in inputs:
+                raise ValueError(f"{output / name}: the output would overwrite an input scan; choose another --output")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.predict",
@@ -93,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
         cases = find_cases(args.input, int(predictor.meta["in_channels"]))
-    except (ModelFolderError, FileNotFoundError) as err:
-        logger.error("%s", err)
+        check_outputs(cases, args.output)
+    except (ModelFolderError, FileNotFoundError, ValueError, RuntimeError) as err:
+        logger.error("%s", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return 2
     inf = predictor.meta.get("inference", {})
     with_probs = inf.get("save_probabilities", False) if args.probabilities is None else args.probabilities
@@ -128,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             failures.append((case.case_id, message))
             logger.error("%s", message)
             continue
-        logger.info(
-            "%s: %.2f s -> %s (shape %s)", case.case_id, pred.seconds, out, "x".join(map(str, pred.labels.shape))
-        )
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in pred.timings.items())
+        logger.info("%s: %.2f s (%s) -> %s", case.case_id, pred.seconds, phases, out)
     done = len(cases) - len(failures)
     logger.info("%d of %d scan(s) predicted in %.1f s", done, len(cases), time.monotonic() - total)
     if failures:

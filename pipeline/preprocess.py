@@ -16,11 +16,15 @@ from pipeline.validation import validate_or_exit
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _, cfg = stage_args(__doc__, argv)
+    args, cfg = stage_args(__doc__, argv)
+    cfg_path = args.config
     info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
     p = cfg.preprocess
     if p.workers < 1 or p.foreground_samples < 1:
-        raise SystemExit(f"preprocess.workers and preprocess.foreground_samples must be >= 1 (got {p})")
+        raise SystemExit(
+            f"{cfg_path}: preprocess.workers ({p.workers}) and preprocess.foreground_samples "
+            f"({p.foreground_samples}) must be >= 1"
+        )
     validate_or_exit(info, p.workers)
     plan, fingerprints = plan_dataset(info, p)
     preprocess_dataset(info, plan, p.out_dir, fingerprints, p.workers)

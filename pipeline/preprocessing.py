@@ -10,8 +10,9 @@ Output folder (``preprocess.out_dir``)::
     plans.json                  the plan (Plan.to_dict)
 
 Every file is written atomically (temporary file, then rename), so a killed run never leaves a file that
-looks complete. A rerun skips every case whose marker matches the current plan and whose files are
-present with the recorded sizes, and removes temporary files a killed run left behind.
+looks complete. A rerun skips every case whose marker matches the current plan and the case's source
+files (size and modification time) and whose outputs are present with the recorded sizes, and removes
+temporary files a killed run left behind.
 
 The geometry record (``meta/<id>.json`` -> ``geometry``) holds what puts a prediction back on the scan's
 own grid: original shape, affine and orientation, the RAS resampled shape, the crop box and the final
@@ -33,7 +34,7 @@ from scipy import ndimage
 from pipeline import io
 from pipeline.config import PreprocessConfig
 from pipeline.dataset import Case, DatasetInfo
-from pipeline.plan import FINGERPRINT_FILE, Plan, fingerprint_dataset, make_plan, run_pool
+from pipeline.plan import FINGERPRINT_FILE, Plan, fingerprint_dataset, make_plan, run_pool, source_key
 from pipeline.transforms import preprocessing
 
 __all__ = [
@@ -145,6 +146,7 @@ def preprocess_case(case: Case, plan: Plan, out_dir: str | Path) -> dict:
     marker = {
         "case_id": case.case_id,
         "plan_hash": plan.volume_hash(),
+        "source_key": source_key(case),
         "files": {k: {"path": v, "bytes": (out_dir / v).stat().st_size} for k, v in files.items()},
         "row": row,
         "geometry": _geometry(out["image"]),
@@ -162,7 +164,7 @@ def _finished_row(out_dir: Path, case: Case, plan_hash: str) -> dict | None:
     """The case's row if its outputs are complete and match the plan, else None."""
     try:
         marker = read_case_meta(out_dir, case.case_id)
-        if marker.get("plan_hash") != plan_hash:
+        if marker.get("plan_hash") != plan_hash or marker.get("source_key") != source_key(case):
             return None
         if ("label" in marker["files"]) != (case.label is not None):
             return None

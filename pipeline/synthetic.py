@@ -60,7 +60,7 @@ ORIENTATIONS: dict[str, tuple[tuple[int, int, int], tuple[int, ...]]] = {
 _BACKGROUND = 0.12
 _BODY = 1.0
 _ORGAN = 1.35
-_LESION = 0.70
+_LESION = 0.66
 _NOISE_SIGMA = 0.09
 
 # Nominal offset (mm, RAS) of the organ centre from the volume centre: the organ
@@ -82,21 +82,15 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
     )
 
 
-def _smooth_field(
-    rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: np.ndarray
-) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Zero-mean, unit-std smooth random field with an isotropic (in mm) correlation."""
-    f = ndimage.gaussian_filter(
-        rng.standard_normal(shape).astype(np.float32), sigma=sigma_mm / spacing, mode="wrap"
-    )
+    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma_mm / spacing, mode="wrap")
     f -= f.mean()
     f /= f.std() + 1e-8
     return f
 
 
-def _ellipsoid_distance(
-    coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray
-) -> np.ndarray:
+def _ellipsoid_distance(coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray) -> np.ndarray:
     """Normalised ellipsoidal distance (1 on the surface) of world points ``coords``.
 
     ``coords`` has shape (3, ...) in mm; ``rot`` columns are the ellipsoid axes.
@@ -148,7 +142,10 @@ def make_synthetic_case(
     ``spacing``) with a random origin. Image intensities are relative (body ~1).
     """
     sp = np.asarray(spacing, dtype=np.float64)
-    shape = (int(rng.integers(60, 81)), int(rng.integers(60, 81)), int(rng.integers(18, 27)))
+    # field of view in mm (about 48-64 in-plane, 45-65 through-plane); at the default
+    # spacing (0.8, 0.8, 2.5) this gives ~60-80 x 60-80 x 18-26 voxels
+    fov_mm = np.array([rng.uniform(48.0, 64.0), rng.uniform(48.0, 64.0), rng.uniform(45.0, 65.0)])
+    shape = tuple(int(max(8, round(f / s))) for f, s in zip(fov_mm, sp, strict=True))
     fov = sp * np.array(shape)
     centre_vox = (np.array(shape) - 1) / 2.0
 
@@ -157,9 +154,7 @@ def make_synthetic_case(
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
 
     # ---- body: large ellipsoid, extends beyond the slab through-plane
-    body_r = np.array(
-        [rng.uniform(0.86, 0.97) * fov[0] / 2, rng.uniform(0.80, 0.92) * fov[1] / 2, 4.0 * fov[2]]
-    )
+    body_r = np.array([rng.uniform(0.86, 0.97) * fov[0] / 2, rng.uniform(0.80, 0.92) * fov[1] / 2, 4.0 * fov[2]])
     body_c = np.array([rng.normal(0, 1.0), rng.normal(0, 1.0), 0.0])
     body_d = _ellipsoid_distance(coords, body_c, body_r, np.eye(3))
     body_d = body_d + 0.02 * _smooth_field(rng, shape, 8.0, sp)
@@ -179,7 +174,7 @@ def make_synthetic_case(
         organ = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
 
     # ---- lesion (label 2): on the organ surface, partly overlapping
-    lesion = None
+    lesion = fallback = None
     for _attempt in range(200):
         v = rng.standard_normal(3)
         v /= np.linalg.norm(v)
@@ -205,6 +200,8 @@ def make_synthetic_case(
         cand = (les_d < 1.0 + 0.08 * _smooth_field(rng, shape, 3.0, sp)) & inner
         n_les = int(cand.sum())
         n_out = int((cand & ~organ).sum())
+        if fallback is None and 0 < n_out < n_les:
+            fallback = cand  # touches the organ; used only if no ideal placement is found
         # must be sizeable, partly inside and partly outside the organ
         if n_les < 0.6 * (4 / 3 * np.pi * np.prod(les_r)) / np.prod(sp):
             continue
@@ -212,8 +209,10 @@ def make_synthetic_case(
             continue
         lesion = cand
         break
-    if lesion is None:  # pragma: no cover - extremely unlikely
-        raise RuntimeError("could not place lesion")
+    if lesion is None:
+        if fallback is None:  # pragma: no cover - needs a degenerate field of view
+            raise RuntimeError("could not place the lesion; field of view too small for the spacing?")
+        lesion = fallback
 
     label = np.zeros(shape, dtype=np.uint8)
     label[organ] = 1
@@ -250,16 +249,17 @@ def make_synthetic_case(
 
     # ---- intensities
     img = np.full(shape, _BACKGROUND, dtype=np.float32)
-    img[body] = _BODY * rng.uniform(0.95, 1.05)
+    body_level = _BODY * rng.uniform(0.95, 1.05)
+    img[body] = body_level
     img *= 1.0 + 0.05 * _smooth_field(rng, shape, 5.0, sp) * body  # tissue heterogeneity
-    img[distract] = _LESION * rng.uniform(0.95, 1.05)
-    organ_level = _ORGAN * rng.uniform(0.96, 1.04)
+    img[distract] = body_level * _LESION * rng.uniform(0.97, 1.03)
+    organ_level = body_level * _ORGAN * rng.uniform(0.98, 1.03)
     img[label == 1] = organ_level * (1.0 + 0.04 * _smooth_field(rng, shape, 4.0, sp)[label == 1])
-    img[vessels] = _LESION * rng.uniform(0.95, 1.10)
+    img[vessels] = body_level * _LESION * rng.uniform(0.97, 1.10)
     les = label == 2
     speckle = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.6)
     speckle /= speckle.std() + 1e-8
-    img[les] = _LESION * rng.uniform(0.95, 1.05) * (1.0 + 0.10 * speckle[les])
+    img[les] = body_level * _LESION * rng.uniform(0.97, 1.03) * (1.0 + 0.10 * speckle[les])
     # partial-volume blur (~0.5 mm), multiplicative bias, Rician noise
     img = ndimage.gaussian_filter(img, sigma=0.5 / sp)
     img *= _bias_field(rng, shape)

@@ -66,7 +66,7 @@ def preprocessing(
     chain: list = [
         mt.LoadImaged(keys, reader="pipeline.readers.PipelineReader", image_only=True, dtype=np.float32),
         mt.EnsureChannelFirstd(keys),
-        mt.Orientationd(keys, axcodes="RAS"),
+        mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]
     if onehot:
         chain.append(mt.AsDiscreted("label", to_onehot=num_classes))

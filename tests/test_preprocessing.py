@@ -244,7 +244,15 @@ def test_a_killed_run_leaves_nothing_that_looks_complete_and_a_rerun_finishes(tm
     np.save(out / "images" / "case_3.npy", np.zeros(3))
     run_stage(tmp_path / "rerun2", dataset, workers=1, out_dir=str(out))
     np.testing.assert_array_equal(np.load(out / "images" / "case_3.npy"), expected["images/case_3.npy"])
-    run_stage(tmp_path / "rerun3", dataset, workers=1, out_dir=str(out), target_spacing=[1.6, 1.6, 3.2])
+    # so is a case whose source file changed (DVC keeps the folder when the out is persistent)
+    marker = out / "meta" / "case_4.json"
+    before = marker.stat().st_mtime_ns
+    raw = dataset / "imagesTr" / "case_4.nii.gz"
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))
+    run_stage(tmp_path / "rerun3", dataset, workers=1, out_dir=str(out))
+    assert marker.stat().st_mtime_ns != before
+    assert (out / "meta" / "case_0.json").stat().st_mtime_ns < before
+    run_stage(tmp_path / "rerun4", dataset, workers=1, out_dir=str(out), target_spacing=[1.6, 1.6, 3.2])
     assert np.load(out / "images" / "case_0.npy").shape[1] < expected["images/case_0.npy"].shape[1]  # type: ignore[union-attr]
 
 

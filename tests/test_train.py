@@ -28,7 +28,7 @@ def _stage(stage: str, config: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=ENV,
-        cwd=ROOT,
+        cwd=config.parent,  # MLflow writes artifacts under the working directory
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -49,7 +49,7 @@ def test_kill_and_resume_equals_uninterrupted_and_same_seed_same_table(tiny_stud
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", "--config", str(config_b)],
         env=ENV,
-        cwd=ROOT,
+        cwd=tiny_study,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -100,7 +100,7 @@ def test_ddp_two_cpu_processes(tiny_study: Path) -> None:
         capture_output=True,
         text=True,
         env=ENV,
-        cwd=ROOT,
+        cwd=tiny_study,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
