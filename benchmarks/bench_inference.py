@@ -51,11 +51,21 @@ from pipeline.dataset import Case  # noqa: E402
 from pipeline.inference import Predictor, WindowPredictor, build_inferer  # noqa: E402
 from pipeline.model_folder import save_model_folder  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.preprocessing import Plan  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 LESIONS = SHARED / "pyradiomics_lesions"
 HIPPOCAMPUS = SHARED / "msd_hippocampus"
+
+
+def plan_dict(target, labels: dict[int, str]) -> dict:
+    """A basic preprocessing plan as model.json stores it (z-score, crop to the body)."""
+    return {
+        "target_spacing": [float(t) for t in target],
+        "normalization": "zscore",
+        "crop_foreground": True,
+        "labels": {str(k): v for k, v in labels.items()},
+        "modalities": {"0": "MR"},
+    }
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -144,7 +154,7 @@ def random_model_folder(
         "in_channels": 1,
         "num_classes": k,
         "labels": {str(i): n for i, n in labels.items()},
-        "plan": Plan(tuple(target), "zscore", True, labels, {0: "MRI"}).to_dict(),
+        "plan": plan_dict(target, labels),
         "patch_size": patch,
         "slice_axis": 2,
         "inference": {"overlap": 0.5, "sw_batch_size": sw_batch_size, "blend": "gaussian", "mirror_tta": mirror},
@@ -311,6 +321,11 @@ def bench_against_nnunet(cases: list[Case], ours: Path, args: argparse.Namespace
     return rows
 
 
+def current_rss_gb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 2**20
+
+
 class RssSampler(threading.Thread):
     """Samples this process's resident set size (Linux /proc) every ``every`` seconds."""
 
@@ -320,9 +335,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            with open("/proc/self/status") as fh:
-                kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
-            self.samples.append((time.monotonic(), kb / 2**20))
+            self.samples.append((time.monotonic(), current_rss_gb()))
             time.sleep(self.every)
 
     def peaks(self, start: float, phases: dict[str, float]) -> dict[str, float]:
@@ -354,14 +367,14 @@ def big_volume_child(half: bool, shape: tuple[int, int, int]) -> dict:
             "in_channels": 1,
             "num_classes": 3,
             "labels": {"0": "background", "1": "a", "2": "b"},
-            "plan": Plan((0.85, 0.85, 1.0), "zscore", True, {0: "background", 1: "a", 2: "b"}, {0: "CT"}).to_dict(),
+            "plan": plan_dict((0.85, 0.85, 1.0), {0: "background", 1: "a", 2: "b"}),
             "patch_size": [128, 128, 64],
             "slice_axis": 2,
             "inference": {"overlap": 0.25, "sw_batch_size": 2, "blend": "gaussian"},
         }
         net = build_model(spatial_dims=3, in_channels=1, out_channels=3, **model_cfg)
         folder = save_model_folder(Path(tmp) / "model", net, meta)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        before = current_rss_gb()
         predictor = Predictor(folder, "cpu", half_precision=half)
         sampler = RssSampler()
         sampler.start()

@@ -8,8 +8,9 @@ pipeline uses when the user supplies no data:
   orientation, smoothly perturbed surface, mild internal heterogeneity,
 * label 2 ("lesion"): a smaller (radii ~4-7 mm) darker blob with a speckled
   texture, centred on the organ surface so it partly overlaps it (label 2 wins),
-* 0-2 small dark "vessel" distractor blobs in the body, away from the organ, with
-  lesion-like intensity (so lesions have to be recognised by context, not intensity),
+* 0-2 small dark "cyst" distractor blobs in the body, away from the organ, and 1-3
+  thin dark "vessels" inside the organ (label 1), both with lesion-like intensity, so
+  lesions have to be recognised by shape and context, not by intensity alone,
 * partial-volume blur, a smooth multiplicative bias field (up to +-20 %), Rician
   noise and a random per-case gain/offset, so no single global threshold separates
   the classes,
@@ -218,7 +219,8 @@ def make_synthetic_case(
     label[organ] = 1
     label[lesion] = 2  # lesion wins
 
-    # ---- distractors: small dark "vessels" in the body, away from organ/lesion
+    # ---- distractors: small dark "cysts" in the body, away from organ/lesion, with
+    # lesion-like intensity (but smaller and not attached to the organ)
     far = ndimage.distance_transform_edt(label == 0, sampling=sp) > 6.0
     distract = np.zeros(shape, dtype=bool)
     for _ in range(int(rng.integers(0, 3))):
@@ -281,8 +283,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make outputs readable like normal files
         with os.fdopen(fd, "wb") as fh:
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; make outputs readable like normal files
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -26,7 +26,6 @@ from pipeline.inference import (
 )
 from pipeline.model_folder import META, WEIGHTS, ModelFolderError, load_model_folder, save_model_folder, sha256
 from pipeline.models import build_model
-from pipeline.preprocessing import Plan
 
 LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyradiomics_lesions"
 CENTRE = np.array([10.0, -20.0, 30.0])  # world (RAS mm) centre of the synthetic scan
@@ -82,6 +81,17 @@ def write_scan(
 BLOB = (CENTRE + np.array([20.0, -17.0, 5.0]), np.array([12.0, 10.0, 9.0]))
 
 
+def plan_dict(target, labels: dict[int, str]) -> dict:
+    """A basic preprocessing plan as model.json stores it (z-score, crop to the body)."""
+    return {
+        "target_spacing": [float(t) for t in target],
+        "normalization": "zscore",
+        "crop_foreground": True,
+        "labels": {str(k): v for k, v in labels.items()},
+        "modalities": {"0": "MR"},
+    }
+
+
 def meta_for(dims: int, target=(1.2, 1.2, 1.2), overlap: float = 0.25, **inference) -> dict:
     return {
         "model": {"name": "monai_unet", "base_width": 4, "depth": 2},
@@ -89,7 +99,7 @@ def meta_for(dims: int, target=(1.2, 1.2, 1.2), overlap: float = 0.25, **inferen
         "in_channels": 1,
         "num_classes": 2,
         "labels": {"0": "background", "1": "object"},
-        "plan": Plan(tuple(target), "zscore", True, {0: "background", 1: "object"}, {0: "MR"}).to_dict(),
+        "plan": plan_dict(target, {0: "background", 1: "object"}),
         "patch_size": [32, 32] if dims == 2 else [32, 32, 16],
         "slice_axis": 2,
         "inference": {"overlap": overlap, "sw_batch_size": 8, "blend": "gaussian", **inference},
@@ -275,7 +285,7 @@ def test_model_folder_round_trip_and_refusals(tmp_path: Path) -> None:
         load_model_folder(other)
 
     pickled = _folder(tmp_path, name="pickled")  # checksum fine, but not a plain state dict
-    torch.save({"weights": Plan((1.0, 1.0, 1.0), "zscore", True, {0: "b"}, {0: "m"})}, pickled / WEIGHTS)
+    torch.save({"weights": ModelFolderError("an arbitrary object")}, pickled / WEIGHTS)
     meta_p = json.loads((pickled / META).read_text())
     meta_p["weights_sha256"] = sha256(pickled / WEIGHTS)
     (pickled / META).write_text(json.dumps(meta_p))

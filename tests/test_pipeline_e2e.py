@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -41,7 +42,9 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    # mlflow.set_tracking_uri() in earlier in-process tests exports MLFLOW_TRACKING_URI: use the repo's store
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr
 

@@ -16,10 +16,20 @@ from pipeline.inference import Predictor
 from pipeline.model_folder import WEIGHTS, save_model_folder
 from pipeline.models import build_model
 from pipeline.predict import main
-from pipeline.preprocessing import Plan
 
 LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyradiomics_lesions"
 needs_lesions = pytest.mark.skipif(not LESIONS.is_dir(), reason="shared lesion data not available")
+
+
+def plan_dict(target, labels: dict[int, str]) -> dict:
+    """A basic preprocessing plan as model.json stores it (z-score, crop to the body)."""
+    return {
+        "target_spacing": [float(t) for t in target],
+        "normalization": "zscore",
+        "crop_foreground": True,
+        "labels": {str(k): v for k, v in labels.items()},
+        "modalities": {"0": "MR"},
+    }
 
 
 def model_folder(path: Path, seed: int = 0, dims: int = 3) -> Path:
@@ -33,7 +43,7 @@ def model_folder(path: Path, seed: int = 0, dims: int = 3) -> Path:
         "in_channels": 1,
         "num_classes": 2,
         "labels": {"0": "background", "1": "lesion"},
-        "plan": Plan((2.0, 2.0, 4.0), "zscore", True, {0: "background", 1: "lesion"}, {0: "MRI"}).to_dict(),
+        "plan": plan_dict((2.0, 2.0, 4.0), {0: "background", 1: "lesion"}),
         "patch_size": [32, 32, 16] if dims == 3 else [64, 64],
         "slice_axis": 2,
         "inference": {"overlap": 0.25, "sw_batch_size": 8, "blend": "gaussian", "mirror_tta": False},

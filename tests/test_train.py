@@ -19,7 +19,8 @@ from pipeline.train import CHECKPOINT
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# each tiny study names its own MLflow store; drop what in-process tests may have exported
+ENV = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(ROOT)}
 
 
 def _stage(stage: str, config: Path) -> subprocess.CompletedProcess:
