@@ -39,6 +39,7 @@ from pipeline.engine import (
     validate,
 )
 from pipeline.inference import build_inferer
+from pipeline.mlflow_model import log_model_folder
 from pipeline.model_folder import save_model_folder
 from pipeline.models import build_model, count_parameters
 from pipeline.preprocessing import load_plan
@@ -298,7 +299,8 @@ def train(cfg: Config) -> dict:
                 }
             )
             tracker.log_artifact(t_cfg.log_file)
-            tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model")
+            tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model_folder")
+            log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.uri)  # loadable by mlflow.pyfunc
             logger.info("best validation Dice %.4f at epoch %d", best["dice"], best["epoch"])
     if dist.is_initialized():
         dist.barrier()
