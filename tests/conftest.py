@@ -43,6 +43,17 @@ def tiny_params(base: Path, **train_overrides: object) -> dict:
     }
 
 
+def plan_dict(target: tuple[float, ...] | list[float], labels: dict[int, str]) -> dict:
+    """A basic preprocessing plan as model.json stores it (z-score, crop to the body)."""
+    return {
+        "target_spacing": [float(t) for t in target],
+        "normalization": "zscore",
+        "crop_foreground": True,
+        "labels": {str(k): v for k, v in labels.items()},
+        "modalities": {"0": "MR"},
+    }
+
+
 def write_params(path: Path, params: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))

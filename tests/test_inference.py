@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import plan_dict
 from scipy.spatial.transform import Rotation
 
 from pipeline import io
@@ -79,17 +80,6 @@ def write_scan(
 
 
 BLOB = (CENTRE + np.array([20.0, -17.0, 5.0]), np.array([12.0, 10.0, 9.0]))
-
-
-def plan_dict(target, labels: dict[int, str]) -> dict:
-    """A basic preprocessing plan as model.json stores it (z-score, crop to the body)."""
-    return {
-        "target_spacing": [float(t) for t in target],
-        "normalization": "zscore",
-        "crop_foreground": True,
-        "labels": {str(k): v for k, v in labels.items()},
-        "modalities": {"0": "MR"},
-    }
 
 
 def meta_for(dims: int, target=(1.2, 1.2, 1.2), overlap: float = 0.25, **inference) -> dict:

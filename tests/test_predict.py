@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import plan_dict
 
 from pipeline.dataset import Case
 from pipeline.inference import Predictor
@@ -19,17 +20,6 @@ from pipeline.predict import main
 
 LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyradiomics_lesions"
 needs_lesions = pytest.mark.skipif(not LESIONS.is_dir(), reason="shared lesion data not available")
-
-
-def plan_dict(target, labels: dict[int, str]) -> dict:
-    """A basic preprocessing plan as model.json stores it (z-score, crop to the body)."""
-    return {
-        "target_spacing": [float(t) for t in target],
-        "normalization": "zscore",
-        "crop_foreground": True,
-        "labels": {str(k): v for k, v in labels.items()},
-        "modalities": {"0": "MR"},
-    }
 
 
 def model_folder(path: Path, seed: int = 0, dims: int = 3) -> Path:
