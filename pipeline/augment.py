@@ -1,14 +1,16 @@
 """Training-only augmentation applied to a whole batch at once (vectorised torch ops).
 
 Per sample, with its own random draw: small rotation and scaling (one ``affine_grid`` /
-``grid_sample`` call for the batch; label by nearest), flips along each spatial axis, intensity
-scale and shift, Gaussian noise, and gamma. Doing this on the batch instead of per sample keeps the
-data pipeline from starving the model on a CPU with few cores (see benchmarks/bench_training.py).
+``grid_sample`` call for the batch; label by nearest), flips along each spatial axis (or the
+configured ones), intensity scale and shift, Gaussian noise, and gamma. Doing this on the batch
+instead of per sample keeps the data pipeline from starving the model on a CPU with few cores (see
+benchmarks/bench_training.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,22 @@ def _rotation_matrix(angles: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     return out
 
 
+def window_dims(volume_axes: Sequence[int] | None, spatial_dims: int, slice_axis: int = 2) -> tuple[int, ...]:
+    """Spatial dims of a training patch or inference window (0-based) for volume axes (0-2, RAS).
+
+    ``None`` means every dim. A 2D window drops the slice axis: the other two volume axes become
+    its dims 0 and 1, and a flip along the slice axis has no 2D counterpart (it is left out).
+    """
+    if volume_axes is None:
+        return tuple(range(spatial_dims))
+    axes = tuple(int(a) for a in volume_axes)
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"flip/mirror axes must be distinct volume axes among 0, 1, 2; got {list(axes)}")
+    if spatial_dims == 3:
+        return tuple(sorted(axes))
+    return tuple(sorted(a - (a > slice_axis) for a in axes if a != slice_axis))
+
+
 @dataclass(frozen=True)
 class BatchAugment:
     """Random augmentation of a batch ``image`` (B, C, *S) float and ``label`` (B, 1, *S) int."""
@@ -42,6 +60,7 @@ class BatchAugment:
     max_rotation: float = math.radians(15)
     max_scale: float = 0.15
     p_flip: float = 0.5
+    flip_dims: tuple[int, ...] | None = None  # patch dims (0-based) that may be flipped; None: all
     p_intensity_scale: float = 0.15
     p_intensity_shift: float = 0.15
     p_noise: float = 0.1
@@ -86,6 +105,10 @@ class BatchAugment:
             )
             label[chosen] = warped.to(label.dtype)
         flips = self._rand(g, b, d) < self.p_flip
+        if self.flip_dims is not None:
+            allowed = torch.zeros(d, dtype=torch.bool)
+            allowed[list(self.flip_dims)] = True
+            flips &= allowed
         if flips.any():
             image, label = image.clone(), label.clone()
             for i in torch.nonzero(flips.any(1)).flatten().tolist():

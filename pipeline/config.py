@@ -110,6 +110,15 @@ class ModelConfig:
     upsample: Literal["transpose", "bilinear"] = "transpose"
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
+    full_resolution_width: int = 0  # monai_unet: feature maps of an extra full-resolution level (0: none)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Dice + cross-entropy; see :func:`pipeline.engine.make_loss`."""
+
+    dice_include_background: bool = True  # False: Dice over foreground classes only (nnU-Net's choice)
+    batch_dice: bool = False  # True: one Dice over the whole batch per class instead of a mean over samples
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,7 @@ class InferenceConfig:
     sw_batch_size: int = 8
     blend: Literal["gaussian", "constant"] = "gaussian"
     mirror_tta: bool = False
+    mirror_axes: tuple[int, ...] | None = None  # volume axes (RAS 0-2) mirrored at test time; None: all
     keep_largest_component: bool = False  # per foreground class, on the written (native) grid
     save_probabilities: bool = False  # predict: also write <case>_probabilities.nii.gz
     half_precision_voxels: int | None = 32_000_000  # above this (preprocessed grid) blend in float16; null: never
@@ -134,6 +144,7 @@ class TrainConfig:
     checkpoint_dir: str = "models/checkpoint"  # last-epoch state; a killed run resumes from it
     cache_gb: float = 4.0  # preprocessed volumes kept in memory; beyond this they are memory-mapped from disk
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 30
     max_minutes: float | None = None  # wall-clock budget; None: epochs only
     iters_per_epoch: int = 25
@@ -142,9 +153,11 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     augment: bool = True
+    flip_axes: tuple[int, ...] | None = None  # volume axes (RAS 0-2) flipped in augmentation; None: all
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores
+    channels_last: bool = False  # channels-last memory format for the network and its batches (often faster)
     val_every: int = 1
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -22,9 +22,22 @@ from pipeline.transforms import training_sampler
 logger = logging.getLogger(__name__)
 
 
-def make_loss() -> torch.nn.Module:
-    """Dice + cross-entropy on softmax outputs, labels as class indices."""
-    return DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
+def make_loss(include_background: bool = True, batch: bool = False) -> torch.nn.Module:
+    """Dice + cross-entropy on softmax outputs, labels as class indices.
+
+    ``include_background=False`` leaves the background channel out of the Dice term (the
+    cross-entropy always covers every class); ``batch=True`` computes one Dice per class over
+    the whole batch, so a patch with little or no foreground does not get a noisy Dice of its own.
+    """
+    return DiceCELoss(
+        to_onehot_y=True,
+        softmax=True,
+        include_background=include_background,
+        batch=batch,
+        squared_pred=False,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+    )
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -55,6 +68,13 @@ def training_transform(
     return Compose(
         training_sampler(patch_size, num_classes, foreground_ratio, slice_axis if spatial_dims == 2 else None)
     )
+
+
+def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
+    """The tensor layout for a network and its batches: channels-last (2D or 3D) or the default."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -96,8 +116,13 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     augment: BatchAugment | None = None,
     generator: torch.Generator | None = None,
+    layout: torch.memory_format = torch.contiguous_format,
 ) -> float:
-    """One pass over ``loader`` (augmenting each batch); returns the mean loss (averaged over ranks under DDP)."""
+    """One pass over ``loader`` (augmenting each batch); returns the mean loss (averaged over ranks under DDP).
+
+    ``layout`` is the memory format batches are given to the model in (match the model's own, see
+    :func:`memory_format`).
+    """
     model.train()
     total, count = 0.0, 0
     tracking = get_track_meta()
@@ -107,7 +132,8 @@ def train_epoch(
             image, label = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
             if augment is not None:
                 image, label = augment(image, label, generator or torch.default_generator)
-            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            image = image.to(device, non_blocking=True).contiguous(memory_format=layout)
+            label = label.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cuda", enabled=scaler is not None):
                 loss = loss_fn(model(image), label)

@@ -40,6 +40,7 @@ from monai.transforms import Compose, Invertd, LoadImaged
 from scipy import ndimage
 
 from pipeline import io
+from pipeline.augment import window_dims
 from pipeline.dataset import Case
 from pipeline.model_folder import load_model_folder
 from pipeline.preprocessing import case_data
@@ -93,14 +94,14 @@ def build_inferer(
     return SliceInferer(spatial_dim=slice_axis, **kwargs)
 
 
-def mirror_axes(spatial_dims: int, slice_axis: int | None = None) -> list[tuple[int, ...]]:
-    """Flip combinations of a window's spatial dims ((B, C, *spatial) tensors) for mirroring TTA.
+def mirror_axes(spatial_dims: int, dims: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Flip combinations for mirroring TTA, as dims of (B, C, *spatial) window tensors.
 
-    A 2D model sees 2D windows (the slice axis is already removed), so ``slice_axis`` is not needed;
-    it is accepted for backward compatibility.
+    ``dims`` are the window's spatial dims (0-based) that may be mirrored (None: all; see
+    :func:`pipeline.augment.window_dims` for volume axes): every non-empty combination of them.
     """
-    dims = list(range(2, 2 + spatial_dims))
-    return [c for r in range(1, len(dims) + 1) for c in combinations(dims, r)]
+    chosen = [2 + d for d in (range(spatial_dims) if dims is None else dims)]
+    return [c for r in range(1, len(chosen) + 1) for c in combinations(chosen, r)]
 
 
 class WindowPredictor(torch.nn.Module):
@@ -403,7 +404,8 @@ class Predictor:
             device="cpu",
         )
         use_tta = inf.get("mirror_tta", False) if mirror_tta is None else mirror_tta
-        self.mirror = mirror_axes(self.spatial_dims) if use_tta else []
+        dims = window_dims(inf.get("mirror_axes"), self.spatial_dims, slice_axis)
+        self.mirror = mirror_axes(self.spatial_dims, dims) if use_tta else []
         self.window = WindowPredictor(self.model, self.mirror)
         self.keep_largest = inf.get("keep_largest_component", False) if keep_largest is None else keep_largest
         self.half_precision = half_precision

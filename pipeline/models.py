@@ -370,6 +370,7 @@ def build_model(
     upsample: str = "transpose",
     norm: str = "instance",
     dropout: float = 0.0,
+    full_resolution_width: int = 0,
 ) -> torch.nn.Module:
     """Build a segmentation network returning logits.
 
@@ -389,6 +390,11 @@ def build_model(
             ``monai_unet`` and ``dynunet`` always use transposed convolutions.
         norm: ``"instance"`` or ``"batch"``.
         dropout: dropout probability in ``[0, 1)``.
+        full_resolution_width: ``monai_unet`` only. MONAI's UNet strides its very first
+            convolution, so no layer sees the input at full resolution and the output is
+            an upsampled half-resolution map. A width > 0 adds a level of that many feature
+            maps at full resolution (``channels=(w, base_width, ...)``, ``strides=(1, 2, ...)``):
+            slower, sharper boundaries on small structures. 0 keeps MONAI's layout.
 
     Returns:
         The model. Outputs have the input's spatial shape for inputs whose size is a
@@ -408,6 +414,10 @@ def build_model(
     _check_positive_int("base_width", base_width)
     _check_positive_int("depth", depth)
     _check_dropout(dropout)
+    if full_resolution_width < 0:
+        raise ValueError(f"full_resolution_width must be >= 0, got {full_resolution_width}")
+    if full_resolution_width and name != "monai_unet":
+        raise ValueError(f"full_resolution_width applies to monai_unet only (model {name!r})")
 
     if name in ("monai_unet", "dynunet") and upsample != "transpose":
         logger.warning(
@@ -431,12 +441,16 @@ def build_model(
     elif name == "monai_unet":
         from monai.networks.nets import UNet
 
+        channels = tuple(base_width * 2**i for i in range(depth + 1))
+        strides = (2,) * depth
+        if full_resolution_width:
+            channels, strides = (full_resolution_width, *channels), (1, *strides)
         model = UNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             out_channels=out_channels,
-            channels=tuple(base_width * 2**i for i in range(depth + 1)),
-            strides=(2,) * depth,
+            channels=channels,
+            strides=strides,
             num_res_units=2,
             norm=_monai_norm(norm),
             dropout=dropout,

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import io
-from pipeline.augment import BatchAugment
+from pipeline.augment import BatchAugment, window_dims
 from pipeline.config import Config, flatten, stage_args, to_dict
 from pipeline.engine import (
     epoch_loader,
@@ -33,6 +33,7 @@ from pipeline.engine import (
     lr_factor,
     make_loss,
     make_optimizer,
+    memory_format,
     set_lr,
     train_epoch,
     training_transform,
@@ -128,6 +129,8 @@ def _bcast_flag(flag: bool) -> bool:
 def train(cfg: Config) -> dict:
     """Run (or resume) the whole training; returns the best epoch, best Dice and the MLflow run id."""
     t_cfg, s_cfg = cfg.train, cfg.sample
+    flip_dims = window_dims(t_cfg.flip_axes, s_cfg.spatial_dims, s_cfg.slice_axis)
+    window_dims(t_cfg.inference.mirror_axes, s_cfg.spatial_dims, s_cfg.slice_axis)  # fail now, not at inference
     rank, world, device = init_distributed()
     main_rank = rank == 0
     threads = t_cfg.threads or max(1, (os.cpu_count() or 1) // world)
@@ -152,6 +155,8 @@ def train(cfg: Config) -> dict:
     model = build_model(
         spatial_dims=s_cfg.spatial_dims, in_channels=in_channels, out_channels=k, **to_dict(t_cfg.model)
     ).to(device)
+    layout = memory_format(t_cfg.channels_last, s_cfg.spatial_dims)
+    model = model.to(memory_format=layout)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model, t_cfg.optimizer, t_cfg.lr, t_cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -174,8 +179,8 @@ def train(cfg: Config) -> dict:
     net = DistributedDataParallel(model) if world > 1 else model
 
     transform = training_transform(s_cfg.patch_size, k, s_cfg.foreground_ratio, s_cfg.spatial_dims, s_cfg.slice_axis)
-    augment = BatchAugment(s_cfg.spatial_dims, anisotropic) if t_cfg.augment else None
-    loss_fn = make_loss()
+    augment = BatchAugment(s_cfg.spatial_dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None
+    loss_fn = make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice)
     inf = t_cfg.inference
     inferer = build_inferer(
         s_cfg.spatial_dims, s_cfg.patch_size, s_cfg.slice_axis, inf.overlap, inf.sw_batch_size, inf.blend
@@ -250,7 +255,7 @@ def train(cfg: Config) -> dict:
                 world,
             )
             generator = torch.Generator().manual_seed(epoch_seed(t_cfg.seed, epoch, rank))
-            loss = train_epoch(net, loader, loss_fn, optimizer, device, scaler, augment, generator)
+            loss = train_epoch(net, loader, loss_fn, optimizer, device, scaler, augment, generator, layout)
             row = {"epoch": epoch, "train_loss": loss, "lr": lr}
             last = epoch == t_cfg.epochs - 1
             if val_vols and (epoch % t_cfg.val_every == 0 or last):

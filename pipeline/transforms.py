@@ -104,15 +104,14 @@ def training_sampler(
     """Random patch (3D) or slice patch (2D, ``slice_axis`` given) centred by class ratios.
 
     Expects ``image`` (C, X, Y, Z), ``label`` (1, X, Y, Z) and ``locations`` (per-class flat
-    indices from the sample stage).
+    indices from the sample stage, into the volume as stored). The crop comes first (no larger than
+    the volume along any axis) and is then padded to the patch size: padding the volume first would
+    change its shape and make the stored flat indices point at the wrong voxels.
     """
-    if slice_axis is None:
-        size = list(patch_size)
-    else:
-        size = list(patch_size)
+    size = list(patch_size)
+    if slice_axis is not None:
         size.insert(slice_axis, 1)
     chain: list = [
-        mt.SpatialPadd(["image", "label"], spatial_size=size),
         mt.RandCropByLabelClassesd(
             ["image", "label"],
             label_key="label",
@@ -120,8 +119,10 @@ def training_sampler(
             ratios=class_ratios(num_classes, foreground_ratio),
             num_classes=num_classes,
             indices_key="locations",
+            allow_smaller=True,
             warn=False,
         ),
+        mt.SpatialPadd(["image", "label"], spatial_size=size),
     ]
     if slice_axis is not None:
         chain.append(mt.SqueezeDimd(["image", "label"], dim=slice_axis + 1))

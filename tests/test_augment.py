@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from pipeline.augment import BatchAugment
+from pipeline.augment import BatchAugment, window_dims
 
 OFF = {
     "p_affine": 0.0,
@@ -37,6 +38,24 @@ def test_flip_everything() -> None:
     x, y = _batch(3)
     xa, ya = BatchAugment(3, **{**OFF, "p_flip": 1.0})(x, y, torch.Generator().manual_seed(1))
     assert torch.equal(xa, x.flip(2, 3, 4)) and torch.equal(ya, y.flip(2, 3, 4))
+
+
+def test_flip_only_allowed_dims() -> None:
+    x, y = _batch(3)
+    xa, ya = BatchAugment(3, **{**OFF, "p_flip": 1.0}, flip_dims=(0,))(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(xa, x.flip(2)) and torch.equal(ya, y.flip(2))
+    xa, _ = BatchAugment(3, **{**OFF, "p_flip": 1.0}, flip_dims=())(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(xa, x)
+
+
+def test_window_dims_from_volume_axes() -> None:
+    assert window_dims(None, 3) == (0, 1, 2) and window_dims(None, 2) == (0, 1)
+    assert window_dims([2, 0], 3) == (0, 2)
+    assert window_dims([0, 2], 2, slice_axis=2) == (0,)  # the slice axis has no 2D counterpart
+    assert window_dims([2], 2, slice_axis=0) == (1,)  # a 2D window over axes (1, 2)
+    for bad in ([3], [0, 0], [-1]):
+        with pytest.raises(ValueError, match="volume axes"):
+            window_dims(bad, 3)
 
 
 def test_image_and_label_move_together_and_labels_stay_labels() -> None:

@@ -207,6 +207,7 @@ def test_predictor_keeps_largest_component(tmp_path: Path) -> None:
 
 def test_mirroring_averages_flipped_windows() -> None:
     assert len(mirror_axes(2)) == 3 and len(mirror_axes(3)) == 7
+    assert mirror_axes(3, (0,)) == [(2,)] and mirror_axes(3, (0, 2)) == [(2,), (4,), (2, 4)]
     torch.manual_seed(0)
     net = torch.nn.Conv3d(1, 3, 3, padding=1)
     x = torch.randn(2, 1, 8, 6, 4)
@@ -214,6 +215,17 @@ def test_mirroring_averages_flipped_windows() -> None:
     ref = sum(torch.flip(torch.softmax(net(torch.flip(x, d)), 1), d) for d in [(), *mirror_axes(3)]) / 8
     assert torch.allclose(out, ref, atol=1e-6)
     assert WindowPredictor(net)(x.half()).dtype == torch.float16
+
+
+@pytest.mark.parametrize(
+    ("dims", "axes", "expected"),
+    [(3, None, 7), (3, [0], [(2,)]), (2, [0, 2], [(2,)]), (2, [1], [(3,)])],
+)
+def test_predictor_mirrors_the_configured_volume_axes(dims: int, axes, expected) -> None:
+    meta = meta_for(dims, mirror_tta=True, mirror_axes=axes)
+    mirror = Predictor(model=Threshold(), meta=meta, device="cpu").mirror
+    assert (len(mirror) == expected) if isinstance(expected, int) else (mirror == expected)
+    assert Predictor(model=Threshold(), meta=meta, device="cpu", mirror_tta=False).mirror == []
 
 
 def test_predict_probabilities_for_validation_sums_to_one() -> None:

@@ -246,6 +246,27 @@ def test_build_model_rejects_bad_options(name: str, kwargs: dict, match: str) ->
         build_model(name, **args)
 
 
+def _first_conv(model: nn.Module) -> nn.Module:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d))
+
+
+def test_monai_unet_full_resolution_level() -> None:
+    default = build_model("monai_unet", 3, 1, 3, base_width=4, depth=2)
+    assert _first_conv(default).stride == (2, 2, 2)  # MONAI's layout: no full-resolution layer
+    model = build_model("monai_unet", 3, 1, 3, base_width=4, depth=2, full_resolution_width=2)
+    first = _first_conv(model)
+    assert first.stride == (1, 1, 1) and first.out_channels == 2
+    assert list(model.channels) == [2, 4, 8, 16] and list(model.strides) == [1, 2, 2]
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 8, 12, 8)).shape == (1, 3, 8, 12, 8)
+
+
+@pytest.mark.parametrize(("name", "width"), [("classic_unet", 8), ("monai_unet", -1)])
+def test_full_resolution_width_rejected(name: str, width: int) -> None:
+    with pytest.raises(ValueError, match="full_resolution_width"):
+        build_model(name, 2, 1, 2, full_resolution_width=width)
+
+
 def test_dynunet_filters_capped() -> None:
     model = build_model("dynunet", 2, 1, 2, base_width=64, depth=4)
     assert max(model.filters) == 320

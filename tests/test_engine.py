@@ -1,0 +1,74 @@
+"""Loss, optimiser and schedule helpers of the training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.engine import lr_factor, make_loss, make_optimizer, memory_format, train_epoch
+from pipeline.models import build_model
+
+
+def _logits(labels: torch.Tensor, k: int, scale: float = 8.0) -> torch.Tensor:
+    """Confident logits predicting ``labels`` (B, 1, ...) over ``k`` classes."""
+    onehot = torch.nn.functional.one_hot(labels[:, 0].long(), k).movedim(-1, 1).float()
+    return scale * (2 * onehot - 1)
+
+
+def test_dice_without_background_punishes_missed_foreground_harder() -> None:
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[:, :, 2:4, 2:4, 2:4] = 1  # small foreground: background Dice stays near 1 whatever happens
+    missed = _logits(torch.zeros_like(target), 2)  # predicts background everywhere
+    with_bg = make_loss(include_background=True)(missed, target)
+    without_bg = make_loss(include_background=False)(missed, target)
+    assert without_bg > with_bg + 0.3
+    perfect = _logits(target, 2)
+    assert make_loss(include_background=False)(perfect, target) < 0.05
+
+
+def test_batch_dice_does_not_blow_up_on_a_patch_without_foreground() -> None:
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[0, :, 2:6, 2:6, 2:6] = 1  # sample 1 has no foreground at all
+    pred = _logits(target, 2)
+    pred[1, :, 0, 0, 0] = torch.tensor([-8.0, 8.0])  # one false-positive voxel in the empty patch
+    per_sample = make_loss(include_background=False, batch=False)(pred, target)
+    batch = make_loss(include_background=False, batch=True)(pred, target)
+    assert per_sample > 0.4  # the empty patch's Dice is ~0 on its own
+    assert batch < 0.05  # one voxel against the batch's 64 foreground voxels
+
+
+def test_lr_factor_schedules() -> None:
+    assert lr_factor("adamw", 0.0) == pytest.approx(1.0)
+    assert lr_factor("adamw", 0.5) == pytest.approx(0.5)
+    assert lr_factor("adamw", 1.0) == pytest.approx(0.0)
+    assert lr_factor("sgd", 0.5) == pytest.approx(0.5**0.9)
+    assert lr_factor("sgd", 2.0) == pytest.approx(0.0)  # clamped past the end
+
+
+def test_make_optimizer() -> None:
+    sgd = make_optimizer(torch.nn.Linear(2, 2), "sgd", 0.01, 0.0)
+    assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.99
+    assert isinstance(make_optimizer(torch.nn.Linear(2, 2), "adamw", 0.01, 0.0), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(torch.nn.Linear(2, 2), "lion", 0.01, 0.0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_training_matches_default_layout(spatial_dims: int) -> None:
+    shape = (2, 1, *([16] * spatial_dims))
+    batches = [
+        {"image": torch.randn(shape, generator=torch.Generator().manual_seed(i)), "label": torch.randint(0, 3, shape)}
+        for i in range(2)
+    ]
+    losses, weights = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        layout = memory_format(channels_last, spatial_dims)
+        model = build_model("monai_unet", spatial_dims, 1, 3, base_width=4, depth=2).to(memory_format=layout)
+        opt = make_optimizer(model, "adamw", 1e-3, 0.0)
+        losses.append(train_epoch(model, batches, make_loss(), opt, torch.device("cpu"), layout=layout))
+        weights.append(next(p for p in model.parameters() if p.dim() == spatial_dims + 2))
+    assert memory_format(True, spatial_dims) in (torch.channels_last, torch.channels_last_3d)
+    assert weights[1].is_contiguous(memory_format=memory_format(True, spatial_dims))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-5)
