@@ -34,17 +34,20 @@ def _rotation_matrix(angles: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     return out
 
 
-def window_dims(volume_axes: Sequence[int] | None, spatial_dims: int, slice_axis: int = 2) -> tuple[int, ...]:
+def window_dims(
+    volume_axes: Sequence[int] | None, spatial_dims: int, slice_axis: int = 2, name: str = "axes"
+) -> tuple[int, ...]:
     """Spatial dims of a training patch or inference window (0-based) for volume axes (0-2, RAS).
 
     ``None`` means every dim. A 2D window drops the slice axis: the other two volume axes become
     its dims 0 and 1, and a flip along the slice axis has no 2D counterpart (it is left out).
+    ``name`` is the setting the axes come from, for the error message.
     """
     if volume_axes is None:
         return tuple(range(spatial_dims))
     axes = tuple(int(a) for a in volume_axes)
     if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
-        raise ValueError(f"flip/mirror axes must be distinct volume axes among 0, 1, 2; got {list(axes)}")
+        raise ValueError(f"{name}: must be distinct volume axes among 0, 1, 2; got {list(axes)}")
     if spatial_dims == 3:
         return tuple(sorted(axes))
     return tuple(sorted(a - (a > slice_axis) for a in axes if a != slice_axis))

@@ -129,7 +129,7 @@ class InferenceConfig:
     sw_batch_size: int = 8
     blend: Literal["gaussian", "constant"] = "gaussian"
     mirror_tta: bool = False
-    mirror_axes: tuple[int, ...] | None = None  # volume axes (RAS 0-2) mirrored at test time; None: all
+    mirror_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) mirrored at test time; None: all
     keep_largest_component: bool = False  # per foreground class, on the written (native) grid
     save_probabilities: bool = False  # predict: also write <case>_probabilities.nii.gz
     half_precision_voxels: int | None = 32_000_000  # above this (preprocessed grid) blend in float16; null: never
@@ -153,7 +153,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     augment: bool = True
-    flip_axes: tuple[int, ...] | None = None  # volume axes (RAS 0-2) flipped in augmentation; None: all
+    flip_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) flipped in augmentation; None: all
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores

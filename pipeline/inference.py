@@ -404,7 +404,7 @@ class Predictor:
             device="cpu",
         )
         use_tta = inf.get("mirror_tta", False) if mirror_tta is None else mirror_tta
-        dims = window_dims(inf.get("mirror_axes"), self.spatial_dims, slice_axis)
+        dims = window_dims(inf.get("mirror_axes"), self.spatial_dims, slice_axis, "inference.mirror_axes")
         self.mirror = mirror_axes(self.spatial_dims, dims) if use_tta else []
         self.window = WindowPredictor(self.model, self.mirror)
         self.keep_largest = inf.get("keep_largest_component", False) if keep_largest is None else keep_largest

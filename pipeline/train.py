@@ -129,8 +129,9 @@ def _bcast_flag(flag: bool) -> bool:
 def train(cfg: Config) -> dict:
     """Run (or resume) the whole training; returns the best epoch, best Dice and the MLflow run id."""
     t_cfg, s_cfg = cfg.train, cfg.sample
-    flip_dims = window_dims(t_cfg.flip_axes, s_cfg.spatial_dims, s_cfg.slice_axis)
-    window_dims(t_cfg.inference.mirror_axes, s_cfg.spatial_dims, s_cfg.slice_axis)  # fail now, not at inference
+    flip_dims = window_dims(t_cfg.flip_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.flip_axes")
+    mirror_axes = t_cfg.inference.mirror_axes  # checked now, not at the first prediction
+    window_dims(mirror_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.inference.mirror_axes")
     rank, world, device = init_distributed()
     main_rank = rank == 0
     threads = t_cfg.threads or max(1, (os.cpu_count() or 1) // world)
@@ -152,11 +153,10 @@ def train(cfg: Config) -> dict:
     spacing = np.asarray(plan.target_spacing)
     anisotropic = bool(spacing.max() / spacing.min() > 3)
 
+    layout = memory_format(t_cfg.channels_last, s_cfg.spatial_dims)
     model = build_model(
         spatial_dims=s_cfg.spatial_dims, in_channels=in_channels, out_channels=k, **to_dict(t_cfg.model)
-    ).to(device)
-    layout = memory_format(t_cfg.channels_last, s_cfg.spatial_dims)
-    model = model.to(memory_format=layout)
+    ).to(device, memory_format=layout)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model, t_cfg.optimizer, t_cfg.lr, t_cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None

@@ -54,8 +54,8 @@ def test_window_dims_from_volume_axes() -> None:
     assert window_dims([0, 2], 2, slice_axis=2) == (0,)  # the slice axis has no 2D counterpart
     assert window_dims([2], 2, slice_axis=0) == (1,)  # a 2D window over axes (1, 2)
     for bad in ([3], [0, 0], [-1]):
-        with pytest.raises(ValueError, match="volume axes"):
-            window_dims(bad, 3)
+        with pytest.raises(ValueError, match="train.flip_axes: must be distinct volume axes"):
+            window_dims(bad, 3, name="train.flip_axes")
 
 
 def test_image_and_label_move_together_and_labels_stay_labels() -> None:

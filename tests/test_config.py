@@ -32,6 +32,8 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
         ({"train": {"model": {"name": "resnet"}}}, "train.model.name"),
         ({"train": []}, "train: expected a mapping"),
         ({"preprocess": {"target_spacing": "1mm"}}, "preprocess.target_spacing"),
+        ({"train": {"flip_axes": [0, 3]}}, r"train.flip_axes\[1\]: 3 is not one of \[0, 1, 2\]"),
+        ({"train": {"inference": {"mirror_axes": 0}}}, "train.inference.mirror_axes: expected a list"),
     ],
 )
 def test_wrong_types_are_errors(data: dict, pattern: str) -> None:
