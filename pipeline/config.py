@@ -87,7 +87,7 @@ class SampleConfig:
     patch_size_3d: tuple[int, int, int] = (64, 64, 16)
     test_fraction: float = 0.2
     folds: int = 5
-    fold: int = 0
+    fold: int | Literal["all"] = 0  # "all": train on every non-test case, no validation (nnU-Net's fold "all")
     seed: int = 0
     foreground_ratio: float = 0.67  # share of samples centred on a foreground voxel
 
@@ -111,6 +111,7 @@ class ModelConfig:
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
     full_resolution_width: int = 0  # monai_unet: feature maps of an extra full-resolution level (0: none)
+    activation: Literal["leakyrelu", "relu", "prelu"] | None = None  # None: the network's own default
 
 
 @dataclass(frozen=True)

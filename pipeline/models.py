@@ -37,7 +37,7 @@ __all__ = [
 ALLOWED_SPATIAL_DIMS: tuple[int, ...] = (2, 3)
 ALLOWED_NORMS: tuple[str, ...] = ("instance", "batch")
 ALLOWED_UPSAMPLE: tuple[str, ...] = ("bilinear", "transpose")
-ALLOWED_ACTS: tuple[str, ...] = ("leakyrelu", "relu")
+ALLOWED_ACTS: tuple[str, ...] = ("leakyrelu", "relu", "prelu")
 ALLOWED_MODELS: tuple[str, ...] = (
     "classic_unet",
     "monai_unet",
@@ -104,6 +104,8 @@ def _act_layer(act: str) -> nn.Module:
     _check_choice("act", act, ALLOWED_ACTS)
     if act == "leakyrelu":
         return nn.LeakyReLU(negative_slope=0.01, inplace=True)
+    if act == "prelu":
+        return nn.PReLU()
     return nn.ReLU(inplace=True)
 
 
@@ -354,6 +356,16 @@ class ClassicUNet(nn.Module):
 # --------------------------------------------------------------------------- #
 # factory
 # --------------------------------------------------------------------------- #
+def _monai_act(act: str) -> tuple[str, dict]:
+    """MONAI activation spec for one of ``ALLOWED_ACTS`` (leaky ReLU slope 0.01, as nnU-Net)."""
+    _check_choice("activation", act, ALLOWED_ACTS)
+    if act == "prelu":
+        return ("prelu", {})
+    if act == "leakyrelu":
+        return ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
+    return ("relu", {"inplace": True})
+
+
 def _monai_norm(norm: str) -> tuple[str, dict]:
     """MONAI norm spec: instance norm with learnable affine, or batch norm."""
     _check_choice("norm", norm, ALLOWED_NORMS)
@@ -371,6 +383,7 @@ def build_model(
     norm: str = "instance",
     dropout: float = 0.0,
     full_resolution_width: int = 0,
+    activation: str | None = None,
 ) -> torch.nn.Module:
     """Build a segmentation network returning logits.
 
@@ -395,6 +408,9 @@ def build_model(
             an upsampled half-resolution map. A width > 0 adds a level of that many feature
             maps at full resolution (``channels=(w, base_width, ...)``, ``strides=(1, 2, ...)``):
             slower, sharper boundaries on small structures. 0 keeps MONAI's layout.
+        activation: one of ``ALLOWED_ACTS``, or ``None`` for each network's own default
+            (leaky ReLU for ``classic_unet`` and ``dynunet``, PReLU for ``monai_unet``, leaky
+            ReLU with slope 0.1 for ``basic_unet``).
 
     Returns:
         The model. Outputs have the input's spatial shape for inputs whose size is a
@@ -416,6 +432,9 @@ def build_model(
     _check_dropout(dropout)
     if full_resolution_width < 0:
         raise ValueError(f"full_resolution_width must be >= 0, got {full_resolution_width}")
+    if activation is not None:
+        _check_choice("activation", activation, ALLOWED_ACTS)
+    act_kw = {} if activation is None else {"act": _monai_act(activation)}
     if full_resolution_width and name != "monai_unet":
         raise ValueError(f"full_resolution_width applies to monai_unet only (model {name!r})")
 
@@ -437,6 +456,7 @@ def build_model(
             upsample=upsample,
             norm=norm,
             dropout=dropout,
+            act=activation or "leakyrelu",
         )
     elif name == "monai_unet":
         from monai.networks.nets import UNet
@@ -454,6 +474,7 @@ def build_model(
             num_res_units=2,
             norm=_monai_norm(norm),
             dropout=dropout,
+            **act_kw,
         )
     elif name == "basic_unet":
         from monai.networks.nets import BasicUNet
@@ -471,6 +492,7 @@ def build_model(
             norm=_monai_norm(norm),
             dropout=dropout,
             upsample="deconv" if upsample == "transpose" else "nontrainable",
+            **act_kw,
         )
     else:  # dynunet
         from monai.networks.nets import DynUNet
@@ -494,10 +516,11 @@ def build_model(
             norm_name=_monai_norm(norm),
             deep_supervision=False,
             res_block=False,
+            **({} if activation is None else {"act_name": _monai_act(activation)}),
         )
 
     logger.debug(
-        "Built %s (%dD, in=%d, out=%d, base_width=%d, depth=%d, upsample=%s, norm=%s, dropout=%g): %d parameters",
+        "Built %s (%dD, in=%d, out=%d, base_width=%d, depth=%d, upsample=%s, norm=%s, dropout=%g, act=%s): %d params",
         name,
         spatial_dims,
         in_channels,
@@ -507,6 +530,7 @@ def build_model(
         upsample,
         norm,
         dropout,
+        activation or "default",
         count_parameters(model),
     )
     return model

@@ -66,10 +66,10 @@ def load_or_make_splits(path: str | Path, case_ids: list[str], test_fraction: fl
     return splits
 
 
-def fold_assignment(splits: dict, fold: int) -> dict[str, str]:
-    """case_id -> 'train' | 'val' | 'test' for one fold."""
-    if not 0 <= fold < len(splits["folds"]):
-        raise ValueError(f"fold {fold} out of range 0..{len(splits['folds']) - 1}")
+def fold_assignment(splits: dict, fold: int | str) -> dict[str, str]:
+    """case_id -> 'train' | 'val' | 'test' for one fold; fold ``"all"``: every non-test case trains."""
+    if fold != "all" and not (isinstance(fold, int) and 0 <= fold < len(splits["folds"])):
+        raise ValueError(f"fold {fold!r} out of range 0..{len(splits['folds']) - 1} (or 'all')")
     out = {c: "test" for c in splits["test"]}
     for i, cases in enumerate(splits["folds"]):
         for c in cases:

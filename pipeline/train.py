@@ -1,5 +1,7 @@
 """Stage: train a UNet on the sampled cases; keep the best model folder by validation Dice.
 
+With no validation cases (``sample.fold: all``) the model folder holds the last epoch.
+
 Single process: ``python -m pipeline.train``. Data-parallel: ``torchrun --nproc_per_node N -m
 pipeline.train`` (gloo on CPU, NCCL on CUDA; logging and checkpointing on rank 0). A checkpoint is
 written atomically every epoch; if the stage is killed, running it again resumes from there.
@@ -267,9 +269,10 @@ def train(cfg: Config) -> dict:
             stop = _bcast_flag(time.monotonic() - start + row["epoch_seconds"] > budget_s and not last)
             if main_rank:
                 tracker.log_metrics({k_: v for k_, v in row.items() if k_ != "epoch"}, step=epoch)
-                score = row.get("val_dice_mean", -loss)
-                if score > best["dice"]:
-                    best = {"dice": score, "epoch": epoch}
+                # no validation cases (sample.fold: all): the model folder holds the last epoch
+                improved = row.get("val_dice_mean", -1.0) > best["dice"] if val_vols else True
+                if improved:
+                    best = {"dice": row.get("val_dice_mean", float("nan")), "epoch": epoch}
                     best_state = {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
                     best_meta = {**meta, "epoch": epoch, "val_dice_mean": row.get("val_dice_mean")}
                     save_model_folder(t_cfg.out_dir, model, best_meta)
@@ -294,19 +297,20 @@ def train(cfg: Config) -> dict:
         if main_rank:
             if not (Path(t_cfg.out_dir) / "model.pt").is_file() and best_state is not None:
                 model.load_state_dict(best_state)  # resumed after the best epoch: rebuild the model folder
-                save_model_folder(t_cfg.out_dir, model, {**meta, "epoch": best["epoch"], "val_dice_mean": best["dice"]})
+                best_dice = best["dice"] if val_vols else None
+                save_model_folder(t_cfg.out_dir, model, {**meta, "epoch": best["epoch"], "val_dice_mean": best_dice})
             io.write_csv(t_cfg.log_file, pd.DataFrame(history))
-            tracker.log_metrics(
-                {
-                    "best_val_dice_mean": best["dice"],
-                    "best_epoch": best["epoch"],
-                    "train_minutes": (time.monotonic() - start) / 60,
-                }
-            )
+            summary = {"best_epoch": best["epoch"], "train_minutes": (time.monotonic() - start) / 60}
+            if val_vols:
+                summary["best_val_dice_mean"] = best["dice"]
+            tracker.log_metrics(summary)
             tracker.log_artifact(t_cfg.log_file)
             tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model_folder")
             log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.uri)  # loadable by mlflow.pyfunc
-            logger.info("best validation Dice %.4f at epoch %d", best["dice"], best["epoch"])
+            if val_vols:
+                logger.info("best validation Dice %.4f at epoch %d", best["dice"], best["epoch"])
+            else:
+                logger.info("no validation cases: kept the last epoch (%d)", best["epoch"])
     if dist.is_initialized():
         dist.barrier()
     return {**best, "run_id": meta.get("mlflow", {}).get("run_id")}

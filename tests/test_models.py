@@ -267,6 +267,38 @@ def test_full_resolution_width_rejected(name: str, width: int) -> None:
         build_model(name, 2, 1, 2, full_resolution_width=width)
 
 
+_ACT_TYPES = {"leakyrelu": nn.LeakyReLU, "relu": nn.ReLU, "prelu": nn.PReLU}
+_DEFAULT_ACT = {
+    "classic_unet": nn.LeakyReLU,
+    "monai_unet": nn.PReLU,
+    "basic_unet": nn.LeakyReLU,
+    "dynunet": nn.LeakyReLU,
+}
+
+
+def _activation_types(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules() if isinstance(m, tuple(_ACT_TYPES.values()))}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TYPES))
+@pytest.mark.parametrize("activation", [None, "leakyrelu", "relu", "prelu"])
+def test_activation_option(name: str, activation: str | None) -> None:
+    depth = 4 if name == "basic_unet" else 2
+    model = build_model(name, 2, 1, 2, base_width=2, depth=depth, activation=activation)
+    expected = _DEFAULT_ACT[name] if activation is None else _ACT_TYPES[activation]
+    assert _activation_types(model) == {expected}
+    if activation == "leakyrelu":
+        slopes = {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)}
+        assert slopes == {0.01}
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_activation_rejected() -> None:
+    with pytest.raises(ValueError, match="activation"):
+        build_model("monai_unet", 2, 1, 2, activation="gelu")
+
+
 def test_dynunet_filters_capped() -> None:
     model = build_model("dynunet", 2, 1, 2, base_width=64, depth=4)
     assert max(model.filters) == 320

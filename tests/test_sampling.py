@@ -44,10 +44,19 @@ def test_split_file_written_once_and_reused(tmp_path: Path) -> None:
     assert IDS[-1] not in changed["test"] + [c for f in changed["folds"] for c in f]
 
 
+def test_fold_all_trains_every_non_test_case() -> None:
+    s = make_splits(IDS, 0.2, 4, 1)
+    a = fold_assignment(s, "all")
+    assert {c for c, v in a.items() if v == "train"} == {c for f in s["folds"] for c in f}
+    assert {c for c, v in a.items() if v == "test"} == set(s["test"]) and "val" not in a.values()
+
+
 def test_bad_fold_and_folds() -> None:
     s = make_splits(IDS, 0.2, 5, 0)
     with pytest.raises(ValueError, match="fold 5 out of range"):
         fold_assignment(s, 5)
+    with pytest.raises(ValueError, match="out of range"):
+        fold_assignment(s, "first")
     with pytest.raises(ValueError, match="folds must be"):
         make_splits(IDS, 0.2, 1, 0)
 

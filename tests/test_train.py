@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -109,3 +110,21 @@ def test_ddp_two_cpu_processes(tiny_study: Path) -> None:
     log = pd.read_csv(tiny_study / "ddp" / "train_log.csv")
     assert len(log) == 2 and log.val_dice_mean.notna().all()
     assert (tiny_study / "ddp" / "model" / "model.pt").is_file()
+
+
+def test_fold_all_trains_on_every_non_test_case_and_keeps_the_last_epoch(tiny_study: Path) -> None:
+    params = tiny_params(tiny_study / "all", epochs=3, val_every=1)
+    params["sample"] |= {"fold": "all", "out_dir": str(tiny_study / "all" / "samples")}
+    config = write_params(tiny_study / "all.yaml", params)
+    _stage("sample", config)
+    samples = pd.read_csv(tiny_study / "all" / "samples" / "samples.csv")
+    assert set(samples.split) == {"train", "test"} and (samples.split == "train").sum() == 6
+    proc = _stage("train", config)
+    assert "6 train / 0 val cases" in proc.stderr
+    assert "no validation cases: kept the last epoch (2)" in proc.stderr
+    meta = json.loads((tiny_study / "all" / "model" / "model.json").read_text())
+    assert meta["epoch"] == 2 and meta["val_dice_mean"] is None
+    log = pd.read_csv(tiny_study / "all" / "train_log.csv")
+    assert len(log) == 3 and not any(c.startswith("val_dice") for c in log.columns)
+    _stage("evaluate", config)  # report without validation curves
+    assert (tiny_study / "all" / "metrics" / "report.html").is_file()
