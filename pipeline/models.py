@@ -432,9 +432,8 @@ def build_model(
     _check_dropout(dropout)
     if full_resolution_width < 0:
         raise ValueError(f"full_resolution_width must be >= 0, got {full_resolution_width}")
-    if activation is not None:
-        _check_choice("activation", activation, ALLOWED_ACTS)
-    act_kw = {} if activation is None else {"act": _monai_act(activation)}
+    monai_act = None if activation is None else _monai_act(activation)  # checks the name for every network
+    act_kw = {} if monai_act is None else {"act": monai_act}
     if full_resolution_width and name != "monai_unet":
         raise ValueError(f"full_resolution_width applies to monai_unet only (model {name!r})")
 
@@ -516,7 +515,7 @@ def build_model(
             norm_name=_monai_norm(norm),
             deep_supervision=False,
             res_block=False,
-            **({} if activation is None else {"act_name": _monai_act(activation)}),
+            **({} if monai_act is None else {"act_name": monai_act}),
         )
 
     logger.debug(
