@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import stage_args
+from pipeline.config import ConfigError, stage_args
 from pipeline.preprocessing import CASES_FILE, load_plan
-from pipeline.sampling import build_samples, fold_assignment, load_or_make_splits
+from pipeline.sampling import build_samples, check_fold, fold_assignment, load_or_make_splits
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _, cfg = stage_args(__doc__, argv)
+    args, cfg = stage_args(__doc__, argv)
     s, pre = cfg.sample, Path(cfg.preprocess.out_dir)
+    try:  # before the split file is written
+        check_fold(s.fold, s.folds)
+    except ValueError as err:
+        raise ConfigError(f"{args.config}: sample.{err}") from None
     plan = load_plan(pre)
     cases = pd.read_csv(pre / CASES_FILE)
     labelled = [c for c in cases["case_id"] if (pre / "labels" / f"{c}.npy").is_file()]

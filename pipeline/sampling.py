@@ -66,10 +66,15 @@ def load_or_make_splits(path: str | Path, case_ids: list[str], test_fraction: fl
     return splits
 
 
+def check_fold(fold: int | str, folds: int) -> None:
+    """Raise ``ValueError`` unless ``fold`` is a fold index below ``folds`` or ``"all"``."""
+    if fold != "all" and not (isinstance(fold, int) and 0 <= fold < folds):
+        raise ValueError(f"fold {fold!r} out of range 0..{folds - 1} (or 'all')")
+
+
 def fold_assignment(splits: dict, fold: int | str) -> dict[str, str]:
     """case_id -> 'train' | 'val' | 'test' for one fold; fold ``"all"``: every non-test case trains."""
-    if fold != "all" and not (isinstance(fold, int) and 0 <= fold < len(splits["folds"])):
-        raise ValueError(f"fold {fold!r} out of range 0..{len(splits['folds']) - 1} (or 'all')")
+    check_fold(fold, len(splits["folds"]))
     out = {c: "test" for c in splits["test"]}
     for i, cases in enumerate(splits["folds"]):
         for c in cases:

@@ -61,6 +61,18 @@ def test_bad_fold_and_folds() -> None:
         make_splits(IDS, 0.2, 1, 0)
 
 
+def test_sample_stage_rejects_a_bad_fold_before_writing(tmp_path: Path) -> None:
+    from pipeline import sample
+    from pipeline.config import ConfigError
+
+    splits = tmp_path / "splits.json"
+    config = tmp_path / "params.yaml"
+    config.write_text(f"sample:\n  folds: 3\n  fold: 3\n  splits_file: {splits}\n  out_dir: {tmp_path / 's'}\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: sample.fold 3 out of range 0..2"):
+        sample.main(["--config", str(config)])
+    assert not splits.exists() and not (tmp_path / "s").exists()
+
+
 def test_class_locations_point_at_their_class() -> None:
     rng = np.random.default_rng(0)
     label = np.zeros((20, 30, 10), np.uint8)
