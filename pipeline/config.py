@@ -226,7 +226,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 return _convert(option, value, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {options}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        reasons = "; ".join(e.removeprefix(f"{key}: ") for e in errors)
+        raise ConfigError(f"{key}: {value!r} fits none of the allowed forms ({reasons})")
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}")

@@ -34,6 +34,12 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
         ({"preprocess": {"target_spacing": "1mm"}}, "preprocess.target_spacing"),
         ({"train": {"flip_axes": [0, 3]}}, r"train.flip_axes\[1\]: 3 is not one of \[0, 1, 2\]"),
         ({"train": {"inference": {"mirror_axes": 0}}}, "train.inference.mirror_axes: expected a list"),
+        (
+            {"sample": {"fold": "first"}},
+            r"sample.fold: 'first' fits none of the allowed forms \(expected an integer, got 'first'; "
+            r"'first' is not one of \['all'\]\)",
+        ),
+        ({"train": {"model": {"activation": "gelu"}}}, r"train.model.activation: 'gelu' is not one of"),
     ],
 )
 def test_wrong_types_are_errors(data: dict, pattern: str) -> None:
