@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from pipeline.augment import BatchAugment
-from pipeline.engine import epoch_loader, make_loss, make_optimizer, train_epoch, training_transform
+from pipeline.engine import epoch_loader, make_loss, make_optimizer, train_epoch
 from pipeline.models import build_model
+from pipeline.patches import class_ratios
 from pipeline.sampling import class_locations
 
 
@@ -51,20 +52,19 @@ def main() -> None:
     dims = 3 if args.mode == "3d" else 2
     patch, batch = ((40, 56, 40), 4) if dims == 3 else ((64, 64), 32)
     vols = make_volumes(16, tuple(args.shape))
-    transform = training_transform(patch, 3, 0.5, dims, 2)
+    ratios, axis = class_ratios(3, 0.5), (2 if dims == 2 else None)
     augment = BatchAugment(dims)
     model = build_model("monai_unet", dims, 1, 3, base_width=16, depth=3)
     loss_fn, opt = make_loss(), make_optimizer(model, "adamw", 1e-3, 1e-5)
     device = torch.device("cpu")
 
     # pre-made tensors: the same shapes our loader yields, made before timing
-    premade = [next(iter(epoch_loader(vols, transform, e, 0, batch, 1, 0))) for e in range(args.iters)]
-    premade = [{"image": b["image"].as_tensor(), "label": b["label"].as_tensor()} for b in premade]
+    premade = [next(iter(epoch_loader(vols, patch, ratios, e, 0, batch, 1, 0, axis))) for e in range(args.iters)]
     train_epoch(model, premade[:2], loss_fn, opt, device)  # warm-up
 
     ours, raw = [], []
     for r in range(args.repeats):
-        loader = epoch_loader(vols, transform, 100 + r, 0, batch, args.iters, args.workers)
+        loader = epoch_loader(vols, patch, ratios, 100 + r, 0, batch, args.iters, args.workers, axis)
         t0 = time.perf_counter()
         train_epoch(model, loader, loss_fn, opt, device, augment=augment, generator=torch.Generator().manual_seed(r))
         ours.append(batch * args.iters / (time.perf_counter() - t0))

@@ -112,6 +112,7 @@ class ModelConfig:
     dropout: float = 0.0
     full_resolution_width: int = 0  # monai_unet: feature maps of an extra full-resolution level (0: none)
     activation: Literal["leakyrelu", "relu", "prelu"] | None = None  # None: the network's own default
+    deep_supervision: bool = False  # dynunet: loss also on each lower decoder level's output (nnU-Net's)
 
 
 @dataclass(frozen=True)

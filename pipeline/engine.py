@@ -9,27 +9,27 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.data import DataLoader, Dataset, get_track_meta, set_track_meta
 from monai.inferers import Inferer
-from monai.losses import DiceCELoss
-from monai.transforms import Compose
-from torch.utils.data import DistributedSampler, SequentialSampler
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from torch.utils.data import DataLoader
 
 from pipeline.augment import BatchAugment
 from pipeline.inference import predict_probabilities
-from pipeline.transforms import training_sampler
+from pipeline.patches import PatchBatches
 
 logger = logging.getLogger(__name__)
 
 
-def make_loss(include_background: bool = True, batch: bool = False) -> torch.nn.Module:
+def make_loss(include_background: bool = True, batch: bool = False, levels: int = 1) -> torch.nn.Module:
     """Dice + cross-entropy on softmax outputs, labels as class indices.
 
     ``include_background=False`` leaves the background channel out of the Dice term (the
     cross-entropy always covers every class); ``batch=True`` computes one Dice per class over
     the whole batch, so a patch with little or no foreground does not get a noisy Dice of its own.
+    ``levels > 1`` (deep supervision): the loss takes a list of that many outputs, full resolution
+    first, and weighs them 1, 1/2, 1/4, ... normalised to sum to 1 (nnU-Net's weights).
     """
-    return DiceCELoss(
+    loss = DiceCELoss(
         to_onehot_y=True,
         softmax=True,
         include_background=include_background,
@@ -38,6 +38,10 @@ def make_loss(include_background: bool = True, batch: bool = False) -> torch.nn.
         smooth_nr=1e-5,
         smooth_dr=1e-5,
     )
+    if levels <= 1:
+        return loss
+    weights = [0.5**i for i in range(levels)]
+    return DeepSupervisionLoss(loss, weights=[w / sum(weights) for w in weights])
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -61,15 +65,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def training_transform(
-    patch_size: Sequence[int], num_classes: int, foreground_ratio: float, spatial_dims: int, slice_axis: int
-) -> Compose:
-    """Random patch sampling from cached preprocessed volumes (augmentation is applied per batch)."""
-    return Compose(
-        training_sampler(patch_size, num_classes, foreground_ratio, slice_axis if spatial_dims == 2 else None)
-    )
-
-
 def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
     """The tensor layout for a network and its batches: channels-last (2D or 3D) or the default."""
     if not channels_last:
@@ -84,27 +79,28 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 def epoch_loader(
     volumes: Sequence[dict],
-    transform: Compose,
+    patch_size: Sequence[int],
+    ratios: Sequence[float],
     epoch: int,
     seed: int,
     batch_size: int,
     iters_per_epoch: int,
     num_workers: int,
+    slice_axis: int | None = None,
     rank: int = 0,
-    world: int = 1,
 ) -> DataLoader:
-    """``iters_per_epoch`` batches of random patches; cases drawn with replacement, sharded across ranks."""
-    torch.manual_seed(epoch_seed(seed, epoch, rank))
-    transform.set_random_state(seed=epoch_seed(seed, epoch, rank))
-    rng = np.random.default_rng(epoch_seed(seed, epoch))
-    picks = rng.integers(0, len(volumes), size=batch_size * iters_per_epoch * world)
-    dataset = Dataset([volumes[i] for i in picks], transform)
-    sampler = (
-        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        if world > 1
-        else SequentialSampler(dataset)
+    """``iters_per_epoch`` batches of random patches (:class:`pipeline.patches.PatchBatches`).
+
+    Cases are drawn with replacement; under DDP each rank draws its own batches. ``slice_axis``
+    given: 2D slices along that volume axis.
+    """
+    torch.manual_seed(epoch_seed(seed, epoch, rank))  # dropout
+    batches = PatchBatches(
+        volumes, patch_size, ratios, batch_size, iters_per_epoch, epoch_seed(seed, epoch, rank), slice_axis
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    return DataLoader(
+        batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=torch.cuda.is_available()
+    )
 
 
 def train_epoch(
@@ -125,32 +121,30 @@ def train_epoch(
     """
     model.train()
     total, count = 0.0, 0
-    tracking = get_track_meta()
-    set_track_meta(False)  # plain tensors: MONAI's metadata tracking is pure overhead while sampling patches
-    try:
-        for batch in loader:
-            image, label = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
-            if augment is not None:
-                image, label = augment(image, label, generator or torch.default_generator)
-            image = image.to(device, non_blocking=True).contiguous(memory_format=layout)
-            label = label.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=scaler is not None):
-                loss = loss_fn(model(image), label)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-                optimizer.step()
-            total += float(loss.detach())
-            count += 1
-    finally:
-        set_track_meta(tracking)
+    for batch in loader:
+        image, label = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
+        if augment is not None:
+            image, label = augment(image, label, generator or torch.default_generator)
+        image = image.to(device, non_blocking=True).contiguous(memory_format=layout)
+        label = label.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", enabled=scaler is not None):
+            out = model(image)
+            if out.ndim == image.ndim + 1:  # deep supervision: (B, levels, C, *S)
+                out = list(out.unbind(1))
+            loss = loss_fn(out, label)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            optimizer.step()
+        total += float(loss.detach())
+        count += 1
     sums = torch.tensor([total, count], dtype=torch.float64)
     if dist.is_initialized():
         dist.all_reduce(sums)

@@ -384,6 +384,7 @@ def build_model(
     dropout: float = 0.0,
     full_resolution_width: int = 0,
     activation: str | None = None,
+    deep_supervision: bool = False,
 ) -> torch.nn.Module:
     """Build a segmentation network returning logits.
 
@@ -411,6 +412,10 @@ def build_model(
         activation: one of ``ALLOWED_ACTS``, or ``None`` for each network's own default
             (leaky ReLU for ``classic_unet`` and ``dynunet``, PReLU for ``monai_unet``, leaky
             ReLU with slope 0.1 for ``basic_unet``).
+        deep_supervision: ``dynunet`` only. In training mode the network then returns the
+            outputs of every decoder level but the lowest, upsampled to the input size and
+            stacked on dim 1 (``(B, depth, C, *S)``, full resolution first; see
+            :func:`pipeline.engine.make_loss`); in eval mode only the full-resolution logits.
 
     Returns:
         The model. Outputs have the input's spatial shape for inputs whose size is a
@@ -436,6 +441,8 @@ def build_model(
     act_kw = {} if monai_act is None else {"act": monai_act}
     if full_resolution_width and name != "monai_unet":
         raise ValueError(f"full_resolution_width applies to monai_unet only (model {name!r})")
+    if deep_supervision and name != "dynunet":
+        raise ValueError(f"deep_supervision applies to dynunet only (model {name!r})")
 
     if name in ("monai_unet", "dynunet") and upsample != "transpose":
         logger.warning(
@@ -513,7 +520,8 @@ def build_model(
             ],
             dropout=dropout if dropout > 0 else None,
             norm_name=_monai_norm(norm),
-            deep_supervision=False,
+            deep_supervision=deep_supervision,
+            deep_supr_num=max(1, depth - 1),
             res_block=False,
             **({} if monai_act is None else {"act_name": monai_act}),
         )

@@ -38,13 +38,13 @@ from pipeline.engine import (
     memory_format,
     set_lr,
     train_epoch,
-    training_transform,
     validate,
 )
 from pipeline.inference import build_inferer
 from pipeline.mlflow_model import log_model_folder
 from pipeline.model_folder import save_model_folder
 from pipeline.models import build_model, count_parameters
+from pipeline.patches import class_ratios
 from pipeline.preprocessing import load_plan
 from pipeline.sampling import load_locations, read_samples
 from pipeline.tracking import environment_tags, run
@@ -180,9 +180,10 @@ def train(cfg: Config) -> dict:
         logger.info("resuming from %s after epoch %d", ckpt_path, state["epoch"])
     net = DistributedDataParallel(model) if world > 1 else model
 
-    transform = training_transform(s_cfg.patch_size, k, s_cfg.foreground_ratio, s_cfg.spatial_dims, s_cfg.slice_axis)
+    ratios = class_ratios(k, s_cfg.foreground_ratio)
     augment = BatchAugment(s_cfg.spatial_dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None
-    loss_fn = make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice)
+    levels = t_cfg.model.depth if t_cfg.model.deep_supervision else 1
+    loss_fn = make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice, levels)
     inf = t_cfg.inference
     inferer = build_inferer(
         s_cfg.spatial_dims, s_cfg.patch_size, s_cfg.slice_axis, inf.overlap, inf.sw_batch_size, inf.blend
@@ -247,14 +248,15 @@ def train(cfg: Config) -> dict:
             set_lr(optimizer, lr)
             loader = epoch_loader(
                 train_vols,
-                transform,
+                s_cfg.patch_size,
+                ratios,
                 epoch,
                 t_cfg.seed,
                 t_cfg.batch_size,
                 t_cfg.iters_per_epoch,
                 t_cfg.num_workers,
+                s_cfg.slice_axis if s_cfg.spatial_dims == 2 else None,
                 rank,
-                world,
             )
             generator = torch.Generator().manual_seed(epoch_seed(t_cfg.seed, epoch, rank))
             loss = train_epoch(net, loader, loss_fn, optimizer, device, scaler, augment, generator, layout)

@@ -2,8 +2,8 @@
 
 ``preprocessing`` is the one deterministic chain: the preprocess stage runs it to write the training
 volumes, and inference runs the very same chain on a new scan (and inverts it to put the prediction
-back on the scan's own voxel grid). ``training_sampler`` is the random part, used for training only
-(augmentation is applied to whole batches: :mod:`pipeline.augment`).
+back on the scan's own voxel grid). Training patches are drawn from the preprocessed volumes a batch at
+a time (:mod:`pipeline.patches`) and augmented a batch at a time (:mod:`pipeline.augment`).
 """
 
 from __future__ import annotations
@@ -90,40 +90,3 @@ def preprocessing(
     elif normalization == "zscore":
         chain.append(mt.NormalizeIntensityd("image", channel_wise=True))
     return mt.Compose(chain)
-
-
-def class_ratios(num_classes: int, foreground_ratio: float) -> list[float]:
-    """Crop-centre ratios: background gets ``1 - foreground_ratio``, the rest is split evenly."""
-    fg = foreground_ratio / (num_classes - 1)
-    return [1.0 - foreground_ratio] + [fg] * (num_classes - 1)
-
-
-def training_sampler(
-    patch_size: Sequence[int], num_classes: int, foreground_ratio: float, slice_axis: int | None = None
-) -> list:
-    """Random patch (3D) or slice patch (2D, ``slice_axis`` given) centred by class ratios.
-
-    Expects ``image`` (C, X, Y, Z), ``label`` (1, X, Y, Z) and ``locations`` (per-class flat
-    indices from the sample stage, into the volume as stored). The crop comes first (no larger than
-    the volume along any axis) and is then padded to the patch size: padding the volume first would
-    change its shape and make the stored flat indices point at the wrong voxels.
-    """
-    size = list(patch_size)
-    if slice_axis is not None:
-        size.insert(slice_axis, 1)
-    chain: list = [
-        mt.RandCropByLabelClassesd(
-            ["image", "label"],
-            label_key="label",
-            spatial_size=size,
-            ratios=class_ratios(num_classes, foreground_ratio),
-            num_classes=num_classes,
-            indices_key="locations",
-            allow_smaller=True,
-            warn=False,
-        ),
-        mt.SpatialPadd(["image", "label"], spatial_size=size),
-    ]
-    if slice_axis is not None:
-        chain.append(mt.SqueezeDimd(["image", "label"], dim=slice_axis + 1))
-    return chain

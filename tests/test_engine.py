@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import lr_factor, make_loss, make_optimizer, memory_format, train_epoch
+from pipeline.engine import epoch_loader, lr_factor, make_loss, make_optimizer, memory_format, train_epoch
 from pipeline.models import build_model
+from pipeline.sampling import class_locations
 
 
 def _logits(labels: torch.Tensor, k: int, scale: float = 8.0) -> torch.Tensor:
@@ -35,6 +37,30 @@ def test_batch_dice_does_not_blow_up_on_a_patch_without_foreground() -> None:
     batch = make_loss(include_background=False, batch=True)(pred, target)
     assert per_sample > 0.4  # the empty patch's Dice is ~0 on its own
     assert batch < 0.05  # one voxel against the batch's 64 foreground voxels
+
+
+def test_deep_supervision_loss_weighs_levels_one_half_one_quarter() -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    outs = [torch.randn(2, 3, 8, 8, 8) for _ in range(3)]
+    single = make_loss(include_background=False, batch=True)
+    deep = make_loss(include_background=False, batch=True, levels=3)
+    expected = (4 * single(outs[0], target) + 2 * single(outs[1], target) + single(outs[2], target)) / 7
+    assert deep(outs, target) == pytest.approx(float(expected), rel=1e-6)
+    assert deep([outs[0]] * 3, target) == pytest.approx(float(single(outs[0], target)), rel=1e-6)
+
+
+def test_train_epoch_with_deep_supervision_learns() -> None:
+    torch.manual_seed(0)
+    shape = (2, 1, 16, 16, 16)
+    label = torch.zeros(shape, dtype=torch.long)
+    label[..., 4:12, 4:12, 4:12] = 1
+    batches = [{"image": label.float() + 0.1 * torch.randn(shape), "label": label}] * 4
+    model = build_model("dynunet", 3, 1, 2, base_width=4, depth=2, deep_supervision=True)
+    opt = make_optimizer(model, "adamw", 1e-2, 0.0)
+    loss_fn = make_loss(include_background=False, batch=True, levels=2)
+    losses = [train_epoch(model, batches, loss_fn, opt, torch.device("cpu")) for _ in range(3)]
+    assert losses[-1] < losses[0]
 
 
 def test_lr_factor_schedules() -> None:
@@ -72,3 +98,18 @@ def test_channels_last_training_matches_default_layout(spatial_dims: int) -> Non
     assert weights[1].is_contiguous(memory_format=memory_format(True, spatial_dims))
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-5)
+
+
+def test_epoch_loader_batches_do_not_depend_on_workers() -> None:
+    rng = np.random.default_rng(0)
+    label = np.zeros((12, 14, 10), np.uint8)
+    label[3:6, 4:8, 2:5] = 1
+    locs = class_locations(label, 2, rng)
+    image = rng.normal(size=(1, 12, 14, 10)).astype(np.float32)
+    vols = [{"image": image, "label": label[None], "locations": [locs["c0"], locs["c1"]]}]
+    runs = [list(epoch_loader(vols, (8, 8, 8), [0.5, 0.5], 3, 0, 2, 3, workers)) for workers in (0, 2)]
+    assert len(runs[0]) == len(runs[1]) == 3
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    other_epoch = next(iter(epoch_loader(vols, (8, 8, 8), [0.5, 0.5], 4, 0, 2, 3, 0)))
+    assert not torch.equal(runs[0][0]["image"], other_epoch["image"])

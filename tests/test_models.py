@@ -326,3 +326,22 @@ def test_count_parameters_ignores_frozen() -> None:
         p.requires_grad_(False)
     assert count_parameters(model) == total - frozen
     assert count_parameters(nn.Identity()) == 0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_dynunet_deep_supervision_outputs(spatial_dims: int) -> None:
+    model = build_model("dynunet", spatial_dims, 1, 3, base_width=2, depth=3, deep_supervision=True)
+    x = torch.randn(2, 1, *([16] * spatial_dims))
+    out = model.train()(x)
+    assert out.shape == (2, 3, 3, *x.shape[2:])  # depth levels, full resolution first
+    assert not torch.equal(out[:, 0], out[:, 1])  # each level has its own head
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 3, *x.shape[2:])  # inference: the full-resolution logits only
+    plain = build_model("dynunet", spatial_dims, 1, 3, base_width=2, depth=3)
+    assert set(plain.state_dict()) < set(model.state_dict())  # the extra heads are saved with the weights
+
+
+@pytest.mark.parametrize("name", ["classic_unet", "monai_unet", "basic_unet"])
+def test_deep_supervision_rejected_outside_dynunet(name: str) -> None:
+    with pytest.raises(ValueError, match="deep_supervision applies to dynunet only"):
+        build_model(name, 2, 1, 2, depth=4, deep_supervision=True)

@@ -128,3 +128,16 @@ def test_fold_all_trains_on_every_non_test_case_and_keeps_the_last_epoch(tiny_st
     assert len(log) == 3 and not any(c.startswith("val_dice") for c in log.columns)
     _stage("evaluate", config)  # report without validation curves
     assert (tiny_study / "all" / "metrics" / "report.html").is_file()
+
+
+def test_dynunet_with_deep_supervision_trains_predicts_and_evaluates(tiny_study: Path) -> None:
+    model = {"name": "dynunet", "base_width": 4, "depth": 2, "deep_supervision": True}
+    config = write_params(tiny_study / "ds.yaml", tiny_params(tiny_study / "ds", epochs=2, model=model))
+    _stage("train", config)
+    log = pd.read_csv(tiny_study / "ds" / "train_log.csv")
+    assert len(log) == 2 and log.val_dice_mean.notna().all()
+    meta = json.loads((tiny_study / "ds" / "model" / "model.json").read_text())
+    assert meta["model"]["deep_supervision"] is True
+    _stage("evaluate", config)  # rebuilds the network with its heads from the model folder, predicts with logits only
+    per_case = pd.read_csv(tiny_study / "ds" / "metrics" / "per_case.csv")
+    assert per_case.dice.notna().all() and len(per_case) > 0
