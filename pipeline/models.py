@@ -413,7 +413,7 @@ def build_model(
             (leaky ReLU for ``classic_unet`` and ``dynunet``, PReLU for ``monai_unet``, leaky
             ReLU with slope 0.1 for ``basic_unet``).
         deep_supervision: ``dynunet`` only. In training mode the network then returns the
-            outputs of every decoder level but the lowest, upsampled to the input size and
+            output of every decoder level (``depth`` of them), upsampled to the input size and
             stacked on dim 1 (``(B, depth, C, *S)``, full resolution first; see
             :func:`pipeline.engine.make_loss`); in eval mode only the full-resolution logits.
 
@@ -521,7 +521,7 @@ def build_model(
             dropout=dropout if dropout > 0 else None,
             norm_name=_monai_norm(norm),
             deep_supervision=deep_supervision,
-            deep_supr_num=max(1, depth - 1),
+            deep_supr_num=depth - 1,  # heads besides the full-resolution output (depth >= 2)
             res_block=False,
             **({} if monai_act is None else {"act_name": monai_act}),
         )
