@@ -48,6 +48,33 @@ def test_flip_only_allowed_dims() -> None:
     assert torch.equal(xa, x)
 
 
+def test_flips_are_per_sample() -> None:
+    x, y = _batch(3)
+    xa, ya = BatchAugment(3, **{**OFF, "p_flip": 0.5})(x, y, torch.Generator().manual_seed(3))
+    seen = set()
+    for i in range(x.shape[0]):  # each sample is its own flip (or none) of itself, labels alongside
+        match = [
+            dims
+            for dims in ((), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3))
+            if torch.equal(xa[i], x[i].flip(dims)) and torch.equal(ya[i], y[i].flip(dims))
+        ]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) > 1  # not the same flip for the whole batch
+
+
+def test_gamma_keeps_each_samples_range_and_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 6, 5, 4, generator=g) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1, 1)
+    y = torch.zeros(4, 1, 6, 5, 4, dtype=torch.uint8)
+    xa, _ = BatchAugment(3, **{**OFF, "p_gamma": 1.0})(x, y, torch.Generator().manual_seed(1))
+    for i in range(4):  # both channels of a sample share one [min, max] rescaling
+        assert xa[i].min() == pytest.approx(float(x[i].min()), abs=1e-5)
+        assert xa[i].max() == pytest.approx(float(x[i].max()), abs=1e-5)
+        assert torch.equal(xa[i].flatten().argsort(), x[i].flatten().argsort())
+        assert not torch.allclose(xa[i], x[i])
+
+
 def test_window_dims_from_volume_axes() -> None:
     assert window_dims(None, 3) == (0, 1, 2) and window_dims(None, 2) == (0, 1)
     assert window_dims([2, 0], 3) == (0, 2)
