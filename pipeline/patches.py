@@ -6,9 +6,9 @@ patch size that stays inside the volume (where the volume is smaller than the pa
 that whole axis), placed in the middle of a zero patch. These are the windows of MONAI's
 ``RandCropByLabelClassesd(allow_smaller=True)`` followed by ``SpatialPadd`` (the crop comes first:
 padding the volume first would change its shape and send the stored flat indices to the wrong
-voxels), done with array slicing into one preallocated batch. Per-sample MONAI transforms took 8 ms
-per 2D batch of 32 patches here, 14% of the network's step; this takes 1 ms
-(benchmarks/bench_training.py).
+voxels), done with array slicing into one preallocated batch. On the volumes of
+benchmarks/bench_training.py, per-sample MONAI transforms took 8 ms per 2D batch of 32 patches here,
+14% of the network's step; this takes 1 ms (throughput figures in benchmarks/README.md).
 
 A batch depends only on ``(seed, batch index)``, not on the number of loader workers, so a resumed or
 re-run epoch draws exactly the same patches.
