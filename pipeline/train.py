@@ -181,8 +181,9 @@ def train(cfg: Config) -> dict:
     net = DistributedDataParallel(model) if world > 1 else model
 
     ratios = class_ratios(k, s_cfg.foreground_ratio)
+    patch_slice_axis = s_cfg.slice_axis if s_cfg.spatial_dims == 2 else None  # 2D: slices along it; 3D: None
     augment = BatchAugment(s_cfg.spatial_dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None
-    levels = t_cfg.model.depth if t_cfg.model.deep_supervision else 1
+    levels = model.deep_supr_num + 1 if getattr(model, "deep_supervision", False) else 1  # outputs per forward
     loss_fn = make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice, levels)
     inf = t_cfg.inference
     inferer = build_inferer(
@@ -255,7 +256,7 @@ def train(cfg: Config) -> dict:
                 t_cfg.batch_size,
                 t_cfg.iters_per_epoch,
                 t_cfg.num_workers,
-                s_cfg.slice_axis if s_cfg.spatial_dims == 2 else None,
+                patch_slice_axis,
                 rank,
             )
             generator = torch.Generator().manual_seed(epoch_seed(t_cfg.seed, epoch, rank))
