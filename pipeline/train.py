@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline import io
 from pipeline.augment import BatchAugment, window_dims
-from pipeline.config import Config, flatten, stage_args, to_dict
+from pipeline.config import Config, ConfigError, flatten, stage_args, to_dict
 from pipeline.engine import (
     epoch_loader,
     epoch_seed,
@@ -156,9 +156,13 @@ def train(cfg: Config) -> dict:
     anisotropic = bool(spacing.max() / spacing.min() > 3)
 
     layout = memory_format(t_cfg.channels_last, s_cfg.spatial_dims)
-    model = build_model(
-        spatial_dims=s_cfg.spatial_dims, in_channels=in_channels, out_channels=k, **to_dict(t_cfg.model)
-    ).to(device, memory_format=layout)
+    try:
+        model = build_model(
+            spatial_dims=s_cfg.spatial_dims, in_channels=in_channels, out_channels=k, **to_dict(t_cfg.model)
+        )
+    except ValueError as err:  # option combinations the schema cannot express (e.g. a dynunet-only setting)
+        raise ConfigError(f"train.model: {err}") from None
+    model = model.to(device, memory_format=layout)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model, t_cfg.optimizer, t_cfg.lr, t_cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -356,9 +360,11 @@ def _save_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _, cfg = stage_args(__doc__, argv)
+    args, cfg = stage_args(__doc__, argv)
     try:
         train(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{args.config}: {err}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -141,3 +141,23 @@ def test_dynunet_with_deep_supervision_trains_predicts_and_evaluates(tiny_study:
     _stage("evaluate", config)  # rebuilds the network with its heads from the model folder, predicts with logits only
     per_case = pd.read_csv(tiny_study / "ds" / "metrics" / "per_case.csv")
     assert per_case.dice.notna().all() and len(per_case) > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"name": "monai_unet", "deep_supervision": True}, "deep_supervision applies to dynunet only"),
+        ({"name": "classic_unet", "full_resolution_width": 4}, "full_resolution_width applies to monai_unet only"),
+    ],
+)
+def test_a_model_option_the_network_cannot_take_stops_naming_the_config(
+    tiny_study: Path, model: dict, message: str
+) -> None:
+    from pipeline import train
+    from pipeline.config import ConfigError
+
+    run = tiny_study / "badmodel"
+    config = write_params(tiny_study / "badmodel.yaml", tiny_params(run, model={"base_width": 8, "depth": 2} | model))
+    with pytest.raises(ConfigError, match=f"^{config}: train.model: {message}"):
+        train.main(["--config", str(config)])
+    assert not run.exists()  # no model folder, checkpoint or log written
