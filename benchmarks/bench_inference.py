@@ -10,10 +10,10 @@
    ``ratio = raw seconds / sliding-window seconds`` is the share of the network's throughput that
    inference keeps (goal >= 0.8). Image voxels per second are printed too (with overlap 0.5 each voxel
    is seen ~2**dims times, so they are lower by design).
-2. **Seconds per case in process**, the whole :meth:`pipeline.inference.Predictor.predict` (read,
+2. **Seconds per case in process**, the whole :meth:`pipeline.inference.predictor.Predictor.predict` (read,
    preprocess, infer, resample back), on the three pyradiomics lesion scans (the default study's 2D
    model) and on hippocampus scans (configs/hippocampus.yaml's 3D model), with phase timings.
-3. **Against nnU-Net** (hippocampus, with and without mirroring): ``python -m pipeline.predict`` and
+3. **Against nnU-Net** (hippocampus, with and without mirroring): ``python -m pipeline.tools.predict`` and
    ``nnUNetv2_predict_from_modelfolder`` on the same scans, same threads, a fresh process per run,
    alternating; seconds per case = run time / cases. Without ``--nnunet-model`` nnU-Net's own 3d_fullres
    plan is made (fingerprint + plan on the 200 cases) and its network randomly initialised: timing does
@@ -47,10 +47,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dataset import Case  # noqa: E402
-from pipeline.inference import Predictor, WindowPredictor, build_inferer  # noqa: E402
-from pipeline.model_folder import save_model_folder  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
+from pipeline.core.dataset import Case  # noqa: E402
+from pipeline.inference.model_folder import save_model_folder  # noqa: E402
+from pipeline.inference.predictor import Predictor, WindowPredictor, build_inferer  # noqa: E402
+from pipeline.networks.factory import build_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 LESIONS = SHARED / "pyradiomics_lesions"
@@ -295,7 +295,7 @@ def bench_against_nnunet(cases: list[Case], ours: Path, args: argparse.Namespace
             for name in times:
                 shutil.rmtree(outs[name], ignore_errors=True)
                 if name == "ours":
-                    cmd = [sys.executable, "-m", "pipeline.predict", "--model", str(ours), "--input", str(src)]
+                    cmd = [sys.executable, "-m", "pipeline.tools.predict", "--model", str(ours), "--input", str(src)]
                     cmd += ["--output", str(outs[name]), "--threads", str(args.threads)]
                     cmd += ["--mirror" if mirror else "--no-mirror"]
                 else:

@@ -1,4 +1,4 @@
-"""Preprocessing wall time: ours (``python -m pipeline.preprocess``) against nnU-Net v2's
+"""Preprocessing wall time: ours (``python -m pipeline.stages.preprocess``) against nnU-Net v2's
 ``nnUNetv2_plan_and_preprocess -c 3d_fullres`` on the same MSD dataset, with the same worker count.
 
 Both are run as separate processes (imports included), alternating, each into fresh temporary folders
@@ -74,7 +74,7 @@ def ours(data: Path, work: Path, workers: int, env: dict[str, str]) -> float:
         "preprocess": {"out_dir": str(out), "workers": workers, "target_spacing": None},
     }
     config.write_text(yaml.safe_dump(params))
-    return run([sys.executable, "-m", "pipeline.preprocess", "--config", str(config)], env, work / "ours.log")
+    return run([sys.executable, "-m", "pipeline.stages.preprocess", "--config", str(config)], env, work / "ours.log")
 
 
 def nnunet(work: Path, dataset_id: int, workers: int, env: dict[str, str], verify: bool) -> float:
@@ -125,7 +125,7 @@ def main() -> None:
     ratio = med["ours"] / med["nnunet"]
     print(f"\ndataset {args.data}, {args.workers} workers, {os.cpu_count()} cores")
     print(f"cases written by the last runs: ours {n_ours}, nnU-Net {n_nnunet}")
-    print(f"ours   (python -m pipeline.preprocess):                    median {med['ours']:7.2f} s")
+    print(f"ours   (python -m pipeline.stages.preprocess):                    median {med['ours']:7.2f} s")
     print(f"nnU-Net (nnUNetv2_plan_and_preprocess -c 3d_fullres):      median {med['nnunet']:7.2f} s")
     print(f"ratio ours / nnU-Net: {ratio:.3f}  (goal <= 0.5: {'met' if ratio <= 0.5 else 'NOT met'})")
     if args.json:

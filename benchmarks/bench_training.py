@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from pipeline.augment import BatchAugment
-from pipeline.engine import epoch_loader, make_loss, make_optimizer, train_epoch
-from pipeline.models import build_model
-from pipeline.patches import class_ratios
-from pipeline.sampling import class_locations
+from pipeline.networks.factory import build_model
+from pipeline.sampling.augment import BatchAugment
+from pipeline.sampling.locations import class_locations
+from pipeline.sampling.patches import class_ratios
+from pipeline.training.engine import epoch_loader, make_loss, make_optimizer, train_epoch
 
 
 def make_volumes(n: int, shape: tuple[int, int, int], seed: int = 0) -> list[dict]:

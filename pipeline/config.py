@@ -48,7 +48,7 @@ class SyntheticConfig:
 class PreprocessConfig:
     """Fingerprint the dataset, plan, then reorient, resample, crop and normalise every case.
 
-    Every planned value (see :mod:`pipeline.plan`) has a field here; None means "planned from the data".
+    Every planned value (see :mod:`pipeline.preprocessing.plan`) has a field here; None means "planned from the data".
     """
 
     out_dir: str = "data/preprocessed"
@@ -65,7 +65,7 @@ class PreprocessConfig:
     foreground_samples: int = 10_000  # foreground voxels sampled per case for the intensity statistics
     ct_clip: tuple[float, float] | None = None  # CT channels: clip window (None: foreground 0.5-99.5 percentiles)
     ct_mean_std: tuple[float, float] | None = None  # CT channels: z-score mean, std (None: clipped foreground)
-    memory_budget_gb: float = 4.0  # activation memory of one training batch (pipeline.plan memory estimate)
+    memory_budget_gb: float = 4.0  # activation memory of one training batch (planner memory estimate)
     base_width: int = 32  # network base width the memory estimate assumes
     batch_size_2d: int = 12  # batch the 2D patch must fit in the budget
     batch_size_3d: int = 2  # batch the 3D patch must fit in the budget
@@ -102,7 +102,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network choice; see :func:`pipeline.models.build_model`."""
+    """Network choice; see :func:`pipeline.networks.factory.build_model`."""
 
     name: Literal["classic_unet", "monai_unet", "basic_unet", "dynunet"] = "monai_unet"
     base_width: int = 16
@@ -117,7 +117,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Dice + cross-entropy; see :func:`pipeline.engine.make_loss`."""
+    """Dice + cross-entropy; see :func:`pipeline.training.engine.make_loss`."""
 
     dice_include_background: bool = True  # False: Dice over foreground classes only (nnU-Net's choice)
     batch_dice: bool = False  # True: one Dice over the whole batch per class instead of a mean over samples

@@ -63,8 +63,8 @@ def write_params(path: Path, params: dict) -> Path:
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthesised, preprocessed and sampled tiny study; returns its folder (runs go in sub-folders)."""
-    from pipeline import preprocess, sample
-    from pipeline.synthetic import make_synthetic_dataset
+    from pipeline.core.synthetic import make_synthetic_dataset
+    from pipeline.stages import preprocess, sample
 
     root = tmp_path_factory.mktemp("study")
     params = tiny_params(root / "run")

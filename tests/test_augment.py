@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.augment import BatchAugment, window_dims
+from pipeline.sampling.augment import BatchAugment, window_dims
 
 OFF = {
     "p_affine": 0.0,

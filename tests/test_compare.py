@@ -1,4 +1,4 @@
-"""Tests for pipeline.compare: paired differences, CI, Wilcoxon, CLI, and the MLflow and DVC inputs."""
+"""Tests for pipeline.evaluation.compare: paired differences, CI, Wilcoxon, CLI, and the MLflow and DVC inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.compare import CompareError, compare, load_per_case, main, paired_differences, wilcoxon_p
+from pipeline.evaluation.compare import CompareError, compare, load_per_case, paired_differences, wilcoxon_p
+from pipeline.tools.compare import main
 
 CLASSES = ("organ", "lesion")
 
@@ -109,7 +110,7 @@ def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_mlflow_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Two runs in a temporary SQLite store: one with the CSV artifact, one with only the table artifact."""
     from pipeline.config import MlflowConfig
-    from pipeline.tracking import run
+    from pipeline.evaluation.tracking import run
 
     monkeypatch.chdir(tmp_path)  # the store's default artifact root is ./mlruns
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.dataset import DATASET_ROW, detect_layout, read_dataset, read_folder, read_manifest, read_msd
-from pipeline.validation import validate_dataset
+from pipeline.core.dataset import DATASET_ROW, detect_layout, read_dataset, read_folder, read_manifest, read_msd
+from pipeline.core.validation import validate_dataset
 
 
 def _touch_nii(path: Path, values: tuple[int, ...] = (0, 1)) -> Path:
@@ -170,7 +170,7 @@ def test_manifest_paths_relative_to_root(tmp_path: Path) -> None:
 
 
 def test_detect_layout_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline import validate
+    from pipeline.tools import validate
 
     root = _msd(tmp_path / "ds", GOOD)
     assert detect_layout(root) == "msd"

@@ -1,4 +1,4 @@
-"""pipeline.download against a tiny MSD archive served from a file:// URL (the real download path, no mocks)."""
+"""pipeline.tools.download against a tiny MSD archive served from a file:// URL (the real download path, no mocks)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.dataset import read_msd
-from pipeline.download import DownloadError, download_msd, main
+from pipeline.core.dataset import read_msd
+from pipeline.tools.download import DownloadError, download_msd, main
 
 TASK = "Task04_Hippocampus"
 
@@ -113,6 +113,6 @@ def test_unknown_task(tmp_path, capsys):
 def test_official_urls_and_md5s_come_from_monai():
     from monai.apps import DecathlonDataset
 
-    from pipeline.download import MD5, TASKS
+    from pipeline.tools.download import MD5, TASKS
 
     assert TASKS[TASK] == DecathlonDataset.resource[TASK] and MD5[TASK] == DecathlonDataset.md5[TASK]

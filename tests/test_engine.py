@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import epoch_loader, lr_factor, make_loss, make_optimizer, memory_format, train_epoch
-from pipeline.models import build_model
-from pipeline.sampling import class_locations
+from pipeline.networks.factory import build_model
+from pipeline.sampling.locations import class_locations
+from pipeline.training.engine import epoch_loader, lr_factor, make_loss, make_optimizer, memory_format, train_epoch
 
 
 def _logits(labels: torch.Tensor, k: int, scale: float = 8.0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for pipeline.evaluate with a stand-in predictor: outputs, empty masks, report, MLflow, timing."""
+"""Tests for pipeline.evaluation.evaluator with a stand-in predictor: outputs, empty masks, report, MLflow, timing."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.compare import load_per_case
 from pipeline.config import from_dict
-from pipeline.dataset import Case, read_msd
-from pipeline.evaluate import evaluate
-from pipeline.metrics import EmptyPolicy, case_metrics, summarize
+from pipeline.core.dataset import Case, read_msd
+from pipeline.evaluation.compare import load_per_case
+from pipeline.evaluation.evaluator import evaluate
+from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS = ROOT.parent / "shared" / "data" / "msd_hippocampus"
@@ -112,7 +112,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def default_run(base: Path) -> dict:
     """Evaluate with the default empty policy, logging to an existing 'training' run."""
-    from pipeline.tracking import run
+    from pipeline.evaluation.tracking import run
 
     cfg = from_dict(_params(base, "default"))
     with run(cfg.mlflow, run_name="train") as tracker:

@@ -13,9 +13,17 @@ import torch
 from conftest import plan_dict
 from scipy.spatial.transform import Rotation
 
-from pipeline import io
-from pipeline.dataset import Case
-from pipeline.inference import (
+from pipeline.core import io
+from pipeline.core.dataset import Case
+from pipeline.inference.model_folder import (
+    META,
+    WEIGHTS,
+    ModelFolderError,
+    load_model_folder,
+    save_model_folder,
+    sha256,
+)
+from pipeline.inference.predictor import (
     Predictor,
     UnreadableScanError,
     WindowPredictor,
@@ -25,8 +33,7 @@ from pipeline.inference import (
     predict_probabilities,
     save_probabilities,
 )
-from pipeline.model_folder import META, WEIGHTS, ModelFolderError, load_model_folder, save_model_folder, sha256
-from pipeline.models import build_model
+from pipeline.networks.factory import build_model
 
 LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyradiomics_lesions"
 CENTRE = np.array([10.0, -20.0, 30.0])  # world (RAS mm) centre of the synthetic scan

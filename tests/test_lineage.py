@@ -1,4 +1,4 @@
-"""Tests for pipeline.lineage: dvc.lock hashes, git commit, versions, seeds, device."""
+"""Tests for pipeline.evaluation.lineage: dvc.lock hashes, git commit, versions, seeds, device."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import from_dict
-from pipeline.lineage import dvc_lock_hashes, git_info, library_versions, lineage_tags
+from pipeline.evaluation.lineage import dvc_lock_hashes, git_info, library_versions, lineage_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,10 +17,10 @@ LOCK = {
     "schema": "2.0",
     "stages": {
         "preprocess": {
-            "cmd": "python -m pipeline.preprocess",
+            "cmd": "python -m pipeline.stages.preprocess",
             "deps": [
                 {"path": "/data/msd_hippocampus", "hash": "md5", "md5": "raw111.dir", "nfiles": 401},
-                {"path": "pipeline/preprocess.py", "hash": "md5", "md5": "code222"},
+                {"path": "pipeline/stages/preprocess.py", "hash": "md5", "md5": "code222"},
             ],
             "outs": [{"path": "data/preprocessed", "hash": "md5", "md5": "pre333.dir"}],
         },

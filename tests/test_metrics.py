@@ -1,4 +1,4 @@
-"""Tests for pipeline.metrics on small, hand-checkable volumes."""
+"""Tests for pipeline.evaluation.metrics on small, hand-checkable volumes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from pipeline.metrics import EmptyPolicy, case_metrics, summarize
+from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 
 LABELS = {0: "background", 1: "fg"}
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.models (tiny tensors, CPU only)."""
+"""Tests for pipeline.networks.factory (tiny tensors, CPU only)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models import (
+from pipeline.networks.factory import (
     ALLOWED_MODELS,
     ClassicUNet,
     DoubleConv,

@@ -8,8 +8,8 @@ import torch
 from monai.transforms import SpatialCrop, SpatialPad
 from monai.transforms.utils import correct_crop_centers
 
-from pipeline.patches import PatchBatches, class_ratios, crop_slices, pad_widths
-from pipeline.sampling import class_locations
+from pipeline.sampling.locations import class_locations
+from pipeline.sampling.patches import PatchBatches, class_ratios, crop_slices, pad_widths
 
 
 def test_crop_windows_match_monai() -> None:

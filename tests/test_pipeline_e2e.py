@@ -58,7 +58,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("repo")
     for name in ("pipeline", "configs", ".dvc"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml", "README.md"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dest / name)
     params_path = dest / "configs" / "params.yaml"
     params = _merge(yaml.safe_load(params_path.read_text()), TINY)

@@ -14,8 +14,8 @@ import torch
 from conftest import SHARED_DATA
 
 from pipeline.config import PreprocessConfig
-from pipeline.dataset import read_dataset
-from pipeline.plan import (
+from pipeline.core.dataset import read_dataset
+from pipeline.preprocessing.plan import (
     MIN_PATCH,
     Plan,
     activation_bytes_per_voxel,
@@ -26,7 +26,7 @@ from pipeline.plan import (
     plan_spacing,
     pool_per_axis,
 )
-from pipeline.transforms import preprocessing
+from pipeline.preprocessing.transforms import preprocessing
 
 LESIONS = SHARED_DATA / "pyradiomics_lesions"
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import plan_dict
 
-from pipeline.dataset import Case
-from pipeline.inference import Predictor
-from pipeline.model_folder import WEIGHTS, save_model_folder
-from pipeline.models import build_model
-from pipeline.predict import main
+from pipeline.core.dataset import Case
+from pipeline.inference.model_folder import WEIGHTS, save_model_folder
+from pipeline.inference.predictor import Predictor
+from pipeline.networks.factory import build_model
+from pipeline.tools.predict import main
 
 LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyradiomics_lesions"
 needs_lesions = pytest.mark.skipif(not LESIONS.is_dir(), reason="shared lesion data not available")
@@ -127,7 +127,7 @@ def test_predict_refuses_mismatched_model_folder(model: Path, tmp_path: Path, ca
 
 def test_mlflow_loads_and_predicts_the_logged_model(model: Path, tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
-    from pipeline.mlflow_model import log_model_folder
+    from pipeline.inference.mlflow_model import log_model_folder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

@@ -17,10 +17,9 @@ import yaml
 from conftest import SHARED_DATA
 from monai.data import MetaTensor
 
-from pipeline import preprocess
 from pipeline.config import PreprocessConfig
-from pipeline.dataset import read_dataset
-from pipeline.preprocessing import (
+from pipeline.core.dataset import read_dataset
+from pipeline.preprocessing.preprocessor import (
     CASES_FILE,
     PLANS_FILE,
     load_plan,
@@ -29,7 +28,8 @@ from pipeline.preprocessing import (
     read_case_meta,
     to_original_grid,
 )
-from pipeline.transforms import preprocessing
+from pipeline.preprocessing.transforms import preprocessing
+from pipeline.stages import preprocess
 
 LESIONS = SHARED_DATA / "pyradiomics_lesions"
 HIPPOCAMPUS = SHARED_DATA / "msd_hippocampus"

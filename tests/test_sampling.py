@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.sampling import (
+from pipeline.sampling.locations import (
     MAX_LOCATIONS,
     class_locations,
     fold_assignment,
@@ -62,8 +62,8 @@ def test_bad_fold_and_folds() -> None:
 
 
 def test_sample_stage_rejects_a_bad_fold_before_writing(tmp_path: Path) -> None:
-    from pipeline import sample
     from pipeline.config import ConfigError
+    from pipeline.stages import sample
 
     splits = tmp_path / "splits.json"
     config = tmp_path / "params.yaml"

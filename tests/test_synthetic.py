@@ -1,4 +1,4 @@
-"""Tests for the embedded synthetic MSD-style dataset (pipeline.synthetic)."""
+"""Tests for the embedded synthetic MSD-style dataset (pipeline.core.synthetic)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.synthetic import ORGAN_OFFSET_MM, make_synthetic_dataset
+from pipeline.core.synthetic import ORGAN_OFFSET_MM, make_synthetic_dataset
 
 SPACING = (0.8, 0.8, 2.5)
 _AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, tiny_params, write_params
 
-from pipeline.train import CHECKPOINT
+from pipeline.training.trainer import CHECKPOINT
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "P
 
 def _stage(stage: str, config: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", f"pipeline.{stage}", "--config", str(config)],
+        [sys.executable, "-m", f"pipeline.stages.{stage}", "--config", str(config)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -49,7 +49,7 @@ def test_kill_and_resume_equals_uninterrupted_and_same_seed_same_table(tiny_stud
     _stage("train", config_a)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", "--config", str(config_b)],
+        [sys.executable, "-m", "pipeline.stages.train", "--config", str(config_b)],
         env=ENV,
         cwd=tiny_study,
         stdout=subprocess.DEVNULL,
@@ -95,7 +95,7 @@ def test_ddp_two_cpu_processes(tiny_study: Path) -> None:
             "--nproc_per_node",
             "2",
             "-m",
-            "pipeline.train",
+            "pipeline.stages.train",
             "--config",
             str(config),
         ],
@@ -153,8 +153,8 @@ def test_dynunet_with_deep_supervision_trains_predicts_and_evaluates(tiny_study:
 def test_a_model_option_the_network_cannot_take_stops_naming_the_config(
     tiny_study: Path, model: dict, message: str
 ) -> None:
-    from pipeline import train
     from pipeline.config import ConfigError
+    from pipeline.stages import train
 
     run = tiny_study / "badmodel"
     config = write_params(tiny_study / "badmodel.yaml", tiny_params(run, model={"base_width": 8, "depth": 2} | model))

@@ -15,9 +15,9 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from pipeline.dataset import Case, read_dataset
-from pipeline.readers import ReadError, read_array, read_header
-from pipeline.validation import check_case, format_problems, validate_dataset, validate_or_exit
+from pipeline.core.dataset import Case, read_dataset
+from pipeline.core.readers import ReadError, read_array, read_header
+from pipeline.core.validation import check_case, format_problems, validate_dataset, validate_or_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -261,7 +261,7 @@ def test_pool_and_sequential_agree(corpus: tuple[Path, Expected, set[str]]) -> N
 def test_cli_prints_every_bad_file_and_exits_1(corpus: tuple[Path, Expected, set[str]]) -> None:
     root, expected, _ = corpus
     run = subprocess.run(
-        [sys.executable, "-m", "pipeline.validate", str(root), "--layout", "msd"],
+        [sys.executable, "-m", "pipeline.tools.validate", str(root), "--layout", "msd"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -278,7 +278,7 @@ def test_cli_prints_every_bad_file_and_exits_1(corpus: tuple[Path, Expected, set
 
 
 def test_cli_ok_and_malformed_dataset_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline import validate
+    from pipeline.tools import validate
 
     root = tmp_path / "ds"
     (root / "imagesTr").mkdir(parents=True)
@@ -311,7 +311,7 @@ def test_validate_or_exit_raises_with_the_whole_table(corpus: tuple[Path, Expect
 def test_preprocess_writes_nothing_when_validation_fails(
     corpus: tuple[Path, Expected, set[str]], tmp_path: Path
 ) -> None:
-    from pipeline import preprocess
+    from pipeline.stages import preprocess
 
     out_dir = tmp_path / "preprocessed"
     params = {"data": {"root": str(corpus[0]), "layout": "msd"}, "preprocess": {"out_dir": str(out_dir), "workers": 1}}
@@ -380,7 +380,7 @@ def test_check_case_never_raises(tmp_path: Path) -> None:
 
 
 def test_nrrd_case_preprocesses_like_nifti(tmp_path: Path) -> None:
-    from pipeline.transforms import preprocessing
+    from pipeline.preprocessing.transforms import preprocessing
 
     aff = np.array([[0, -0.9, 0, 10], [0, 0, 2.5, -5], [-1.1, 0, 0, 3], [0, 0, 0, 1.0]])  # permuted, flipped axes
     data = _image()

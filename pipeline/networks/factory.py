@@ -415,7 +415,7 @@ def build_model(
         deep_supervision: ``dynunet`` only. In training mode the network then returns the
             output of every decoder level (``depth`` of them), upsampled to the input size and
             stacked on dim 1 (``(B, depth, C, *S)``, full resolution first; see
-            :func:`pipeline.engine.make_loss`); in eval mode only the full-resolution logits.
+            :func:`pipeline.training.engine.make_loss`); in eval mode only the full-resolution logits.
 
     Returns:
         The model. Outputs have the input's spatial shape for inputs whose size is a

@@ -1,6 +1,7 @@
 """Stage: validate, fingerprint and plan, then preprocess the raw dataset into ``preprocess.out_dir``.
 
-Rerunning after an interrupted run only does the cases that are not finished (see :mod:`pipeline.preprocessing`).
+Rerunning after an interrupted run only does the cases that are not finished (see
+:mod:`pipeline.preprocessing.preprocessor`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import logging
 import sys
 
 from pipeline.config import stage_args
-from pipeline.dataset import read_dataset
-from pipeline.preprocessing import plan_dataset, preprocess_dataset
-from pipeline.validation import validate_or_exit
+from pipeline.core.dataset import read_dataset
+from pipeline.core.validation import validate_or_exit
+from pipeline.preprocessing.preprocessor import plan_dataset, preprocess_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

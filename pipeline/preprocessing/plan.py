@@ -2,7 +2,8 @@
 
 Fingerprint (:func:`fingerprint_dataset`, one row per case, written as ``fingerprint.csv``): shape, spacing,
 orientation and dtype as stored; spacing and shape per RAS axis; the shape of the body crop box (voxels above
-the image minimum, the region :func:`pipeline.transforms.body_mask` keeps); foreground voxel count per class;
+the image minimum, the region :func:`~pipeline.preprocessing.transforms.body_mask` keeps); foreground voxel count
+per class;
 per channel intensity mean, std, min, max and the 0.5/50/99.5 percentiles inside the foreground (label > 0),
 computed from up to ``samples_per_case`` foreground voxels drawn with a per-case seed. The drawn samples are
 kept (``fingerprint_samples.npz``) for the dataset-level statistics and to skip unchanged cases on a rerun.
@@ -47,10 +48,10 @@ import torch
 from monai.transforms import MapTransform
 from tqdm import tqdm
 
-from pipeline import io
 from pipeline.config import PreprocessConfig
-from pipeline.dataset import Case, DatasetInfo
-from pipeline.readers import read_array
+from pipeline.core import io
+from pipeline.core.dataset import Case, DatasetInfo
+from pipeline.core.readers import read_array
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Plan:
         return max(self.labels) + 1
 
     def transform_kwargs(self) -> dict:
-        """Keyword arguments of :func:`pipeline.transforms.preprocessing` that rebuild this plan's chain."""
+        """Keyword arguments of :func:`~pipeline.preprocessing.transforms.preprocessing` for this plan's chain."""
         return {
             "target_spacing": tuple(self.target_spacing),
             "normalization": self.normalization,

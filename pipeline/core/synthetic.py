@@ -366,7 +366,7 @@ def make_synthetic_dataset(
             f"ellipsoid; anisotropic spacing {tuple(float(s) for s in spacing)} mm, mixed "
             f"orientations, bias field and noise. Generated with seed {seed}."
         ),
-        "reference": "pipeline.synthetic.make_synthetic_dataset",
+        "reference": "pipeline.core.synthetic.make_synthetic_dataset",
         "licence": "CC0",
         "release": "1.0",
         "tensorImageSize": "3D",

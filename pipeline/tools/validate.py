@@ -1,4 +1,4 @@
-"""Check a dataset and print every problem as a table: ``python -m pipeline.validate <dataset root>``.
+"""Check a dataset and print every problem as a table: ``python -m pipeline.tools.validate <dataset root>``.
 
 Exit status 0 (with a one-line OK) when every case is fine, 1 when there is any problem.
 """
@@ -9,14 +9,14 @@ import argparse
 import logging
 import sys
 
-from pipeline.dataset import read_dataset
-from pipeline.validation import format_problems, summary_line, validate_dataset
+from pipeline.core.dataset import read_dataset
+from pipeline.core.validation import format_problems, summary_line, validate_dataset
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.validate", description=__doc__.splitlines()[0])
     parser.add_argument("root", help="dataset folder (or a CSV manifest)")
     parser.add_argument(
         "--layout",

@@ -3,25 +3,23 @@
 Each side is one of
 
 * a metrics folder holding ``per_case.csv`` (e.g. the ``metrics/`` of a DVC experiment), or the CSV itself;
-* ``mlflow:<run_id>`` or ``runs:/<run_id>``: the per-case table logged by ``pipeline.evaluate`` on that
+* ``mlflow:<run_id>`` or ``runs:/<run_id>``: the per-case table logged by ``pipeline.evaluation.evaluator`` on that
   run, read from the tracking store (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else
   ``sqlite:///mlflow.db``);
 * ``dvc:<rev>``: ``metrics/per_case.csv`` as committed at a git revision or DVC experiment name.
 
 Rows are paired by ``(case_id, class_name)``; differences are B - A. Usage::
 
-    python -m pipeline.compare metrics/ mlflow:1a2b3c --out compare.csv
+    python -m pipeline.tools.compare metrics/ mlflow:1a2b3c --out compare.csv
 """
 
 from __future__ import annotations
 
-import argparse
 import io as _io
 import json
 import logging
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,12 +28,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline import io
-from pipeline.metrics import summarize
+from pipeline.evaluation.metrics import summarize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compare", "load_per_case", "main", "paired_differences"]
+__all__ = ["compare", "load_per_case", "paired_differences"]
 
 KEYS = ("case_id", "class_name")
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "nsd", "hd95_mm", "assd_mm")
@@ -155,7 +152,7 @@ def compare(
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per class and metric: pairs, means of A and B, mean difference B - A with its bootstrap 95% CI
-    (seeded, as :func:`pipeline.metrics.summarize`) and the Wilcoxon signed-rank p-value.
+    (seeded, as :func:`pipeline.evaluation.metrics.summarize`) and the Wilcoxon signed-rank p-value.
 
     Returns ``(table, pairs)``; ``pairs`` is :func:`paired_differences`.
     """
@@ -201,39 +198,3 @@ def format_table(table: pd.DataFrame) -> str:
             "mean_diff": lambda v: "n/a" if pd.isna(v) else f"{v:+.4f}",
         },
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("a", help="run A: metrics folder, per_case.csv, mlflow:<run_id>, runs:/<run_id> or dvc:<rev>")
-    parser.add_argument("b", help="run B, the same forms; differences are B - A")
-    parser.add_argument("--out", default="compare.csv", help="CSV of the per-class table (default: %(default)s)")
-    parser.add_argument("--pairs-out", help="CSV of the paired per-case values (default: <out>_pairs.csv)")
-    parser.add_argument("--tracking-uri", help="MLflow store for mlflow:/runs:/ inputs")
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="metrics to compare")
-    parser.add_argument("--n-bootstrap", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal for the table
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        a = load_per_case(args.a, args.tracking_uri)
-        b = load_per_case(args.b, args.tracking_uri)
-        table, pairs = compare(a, b, args.metrics, args.n_bootstrap, args.seed)
-    except CompareError as err:
-        print(f"compare: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    pairs_out = Path(args.pairs_out) if args.pairs_out else out.with_name(f"{out.stem}_pairs.csv")
-    io.write_csv(out, table.assign(a=args.a, b=args.b))
-    io.write_csv(pairs_out, pairs)
-    print(f"A: {args.a}\nB: {args.b}\npaired by (case_id, class_name); differences are B - A\n")
-    print(format_table(table))
-    print(f"\nwritten: {out}, {pairs_out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

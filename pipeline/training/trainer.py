@@ -2,8 +2,8 @@
 
 With no validation cases (``sample.fold: all``) the model folder holds the last epoch.
 
-Single process: ``python -m pipeline.train``. Data-parallel: ``torchrun --nproc_per_node N -m
-pipeline.train`` (gloo on CPU, NCCL on CUDA; logging and checkpointing on rank 0). A checkpoint is
+Single process: ``python -m pipeline.stages.train``. Data-parallel: ``torchrun --nproc_per_node N -m
+pipeline.stages.train`` (gloo on CPU, NCCL on CUDA; logging and checkpointing on rank 0). A checkpoint is
 written atomically every epoch; if the stage is killed, running it again resumes from there.
 """
 
@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,10 +25,18 @@ from monai.utils import set_determinism
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline import io
-from pipeline.augment import BatchAugment, window_dims
-from pipeline.config import Config, ConfigError, flatten, stage_args, to_dict
-from pipeline.engine import (
+from pipeline.config import Config, ConfigError, flatten, to_dict
+from pipeline.core import io
+from pipeline.evaluation.tracking import environment_tags, run
+from pipeline.inference.mlflow_model import log_model_folder
+from pipeline.inference.model_folder import save_model_folder
+from pipeline.inference.predictor import build_inferer
+from pipeline.networks.factory import build_model, count_parameters
+from pipeline.preprocessing.preprocessor import load_plan
+from pipeline.sampling.augment import BatchAugment, window_dims
+from pipeline.sampling.locations import load_locations, read_samples
+from pipeline.sampling.patches import class_ratios
+from pipeline.training.engine import (
     epoch_loader,
     epoch_seed,
     lr_factor,
@@ -40,14 +47,6 @@ from pipeline.engine import (
     train_epoch,
     validate,
 )
-from pipeline.inference import build_inferer
-from pipeline.mlflow_model import log_model_folder
-from pipeline.model_folder import save_model_folder
-from pipeline.models import build_model, count_parameters
-from pipeline.patches import class_ratios
-from pipeline.preprocessing import load_plan
-from pipeline.sampling import load_locations, read_samples
-from pipeline.tracking import environment_tags, run
 
 logger = logging.getLogger(__name__)
 
@@ -356,20 +355,3 @@ def _save_checkpoint(
         "complete": complete,
     }
     io.write_atomic(path, lambda p: torch.save(state, p))
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args, cfg = stage_args(__doc__, argv)
-    try:
-        train(cfg)
-    except ConfigError as err:
-        raise ConfigError(f"{args.config}: {err}") from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

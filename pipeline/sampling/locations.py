@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import io
+from pipeline.core import io
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,17 @@
 """Stage: predict every test case in its own geometry and score it against its reference label.
 
-Predictions come from :class:`pipeline.inference.Predictor`, the same code path as ``pipeline.predict``,
+Predictions come from :class:`pipeline.inference.predictor.Predictor`, the same code path as ``pipeline.tools.predict``,
 so what is evaluated is what a user gets. ``metrics/per_case.csv`` (one row per case and class) is
 the source of truth; ``metrics/summary.json``, ``metrics/per_case_dice.csv`` (DVC plot),
 ``metrics/report.html`` and MLflow are fed from it. MLflow receives, on the run that trained the
 model: the summary as metrics, the per-case table (table artifact and CSV), the summary, the report
-and the lineage tags of :func:`pipeline.lineage.lineage_tags`.
+and the lineage tags of :func:`pipeline.evaluation.lineage.lineage_tags`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,17 +22,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import io
-from pipeline.compare import CSV_ARTIFACT, TABLE_ARTIFACT
-from pipeline.config import Config, stage_args, to_dict
-from pipeline.dataset import Case, read_dataset
-from pipeline.inference import Predictor
-from pipeline.lineage import lineage_tags
-from pipeline.metrics import EmptyPolicy, case_metrics, summarize
-from pipeline.model_folder import sha256
-from pipeline.report import Overlay, case_ranking, pick_cases, write_report
-from pipeline.sampling import read_samples
-from pipeline.tracking import run
+from pipeline.config import Config, to_dict
+from pipeline.core import io
+from pipeline.core.dataset import Case, read_dataset
+from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
+from pipeline.evaluation.lineage import lineage_tags
+from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
+from pipeline.evaluation.report import Overlay, case_ranking, pick_cases, write_report
+from pipeline.evaluation.tracking import run
+from pipeline.inference.model_folder import sha256
+from pipeline.inference.predictor import Predictor
+from pipeline.sampling.locations import read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ DICE_PLOT_FILE = "per_case_dice.csv"
 
 
 class CasePredictor(Protocol):
-    """What evaluation needs from a predictor (:class:`pipeline.inference.Predictor` in the stage)."""
+    """What evaluation needs from a predictor (:class:`pipeline.inference.predictor.Predictor` in the stage)."""
 
     meta: dict
     device: Any
@@ -189,18 +188,7 @@ def _log_to_mlflow(
             }
         )
         tracker.log_table(per_case, TABLE_ARTIFACT)
-        folder = str(Path(CSV_ARTIFACT).parent)  # where pipeline.compare looks for per_case.csv
+        folder = str(Path(CSV_ARTIFACT).parent)  # where pipeline.evaluation.compare looks for per_case.csv
         for name in ("per_case.csv", "summary.json", REPORT_FILE):
             tracker.log_artifact(metrics_dir / name, folder)
         logger.info("logged the evaluation to MLflow run %s (%s)", tracker.run_id, tracker.uri)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _, cfg = stage_args(__doc__, argv)
-    evaluate(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

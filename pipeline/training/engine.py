@@ -13,9 +13,9 @@ from monai.inferers import Inferer
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.utils.data import DataLoader
 
-from pipeline.augment import BatchAugment
-from pipeline.inference import predict_probabilities
-from pipeline.patches import PatchBatches
+from pipeline.inference.predictor import predict_probabilities
+from pipeline.sampling.augment import BatchAugment
+from pipeline.sampling.patches import PatchBatches
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def epoch_loader(
     slice_axis: int | None = None,
     rank: int = 0,
 ) -> DataLoader:
-    """``iters_per_epoch`` batches of random patches (:class:`pipeline.patches.PatchBatches`).
+    """``iters_per_epoch`` batches of random patches (:class:`pipeline.sampling.patches.PatchBatches`).
 
     Cases are drawn with replacement; under DDP each rank draws its own batches. ``slice_axis``
     given: 2D slices along that volume axis.

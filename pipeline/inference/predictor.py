@@ -2,7 +2,7 @@
 
 The path of one scan (:meth:`Predictor.predict`):
 
-1. the deterministic chain of :func:`pipeline.transforms.preprocessing` (load, channel first, RAS,
+1. the deterministic chain of :func:`pipeline.preprocessing.transforms.preprocessing` (load, channel first, RAS,
    resample, crop to the body, normalise), exactly as for the training volumes;
 2. MONAI's :class:`~monai.inferers.SlidingWindowInferer` (3D models, Gaussian blending) or
    :class:`~monai.inferers.SliceInferer` (2D models, slice by slice along the trained axis). Each window
@@ -39,17 +39,17 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Compose, Invertd, LoadImaged
 from scipy import ndimage
 
-from pipeline import io
-from pipeline.augment import window_dims
-from pipeline.dataset import Case
-from pipeline.model_folder import load_model_folder
-from pipeline.preprocessing import case_data
-from pipeline.transforms import preprocessing
+from pipeline.core import io
+from pipeline.core.dataset import Case
+from pipeline.inference.model_folder import load_model_folder
+from pipeline.preprocessing.preprocessor import case_data
+from pipeline.preprocessing.transforms import preprocessing
+from pipeline.sampling.augment import window_dims
 
 try:  # the planner's Plan (intensity schemes, slow axis, interpolation); older trees only have the basic one
-    from pipeline.plan import Plan
+    from pipeline.preprocessing.plan import Plan
 except ImportError:  # pragma: no cover - depends on the tree
-    from pipeline.preprocessing import Plan
+    from pipeline.preprocessing.preprocessor import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def mirror_axes(spatial_dims: int, dims: Sequence[int] | None = None) -> list[tu
     """Flip combinations for mirroring TTA, as dims of (B, C, *spatial) window tensors.
 
     ``dims`` are the window's spatial dims (0-based) that may be mirrored (None: all; see
-    :func:`pipeline.augment.window_dims` for volume axes): every non-empty combination of them.
+    :func:`pipeline.sampling.augment.window_dims` for volume axes): every non-empty combination of them.
     """
     chosen = [2 + d for d in (range(spatial_dims) if dims is None else dims)]
     return [c for r in range(1, len(chosen) + 1) for c in combinations(chosen, r)]
@@ -200,7 +200,7 @@ def itk_to_nifti(path: str | Path, out: str | Path) -> Path:
 
 
 def chain_kwargs(plan: Plan) -> dict:
-    """Arguments of :func:`pipeline.transforms.preprocessing` that rebuild the chain the plan was trained with."""
+    """Arguments of :func:`~pipeline.preprocessing.transforms.preprocessing` for the plan's training chain."""
     if hasattr(plan, "transform_kwargs"):
         return plan.transform_kwargs()
     return {
@@ -360,7 +360,7 @@ class Prediction:
 class Predictor:
     """Runs a trained model folder on scans and returns label maps on each scan's own voxel grid.
 
-    ``Predictor(model_dir)`` loads a model folder (see :mod:`pipeline.model_folder`). Tests and tools
+    ``Predictor(model_dir)`` loads a model folder (see :mod:`pipeline.inference.model_folder`). Tests and tools
     may instead pass an already built ``model`` with its ``meta`` (same keys as ``model.json``).
     ``mirror_tta``, ``keep_largest`` and ``half_precision`` (None: by volume size) override the folder's
     inference settings.

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import ConfigError, stage_args
-from pipeline.preprocessing import CASES_FILE, load_plan
-from pipeline.sampling import build_samples, check_fold, fold_assignment, load_or_make_splits
+from pipeline.preprocessing.preprocessor import CASES_FILE, load_plan
+from pipeline.sampling.locations import build_samples, check_fold, fold_assignment, load_or_make_splits
 
 
 def main(argv: list[str] | None = None) -> int:

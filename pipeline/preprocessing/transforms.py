@@ -3,7 +3,7 @@
 ``preprocessing`` is the one deterministic chain: the preprocess stage runs it to write the training
 volumes, and inference runs the very same chain on a new scan (and inverts it to put the prediction
 back on the scan's own voxel grid). Training patches are drawn from the preprocessed volumes a batch at
-a time (:mod:`pipeline.patches`) and augmented a batch at a time (:mod:`pipeline.augment`).
+a time (:mod:`pipeline.sampling.patches`) and augmented a batch at a time (:mod:`pipeline.sampling.augment`).
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def preprocessing(
     With ``slow_axis`` (anisotropic data) the other two RAS axes are resampled first and the slow axis in a
     second step, images with ``slow_axis_interp``. Every spatial step is a MONAI invertible transform.
 
-    Normalisation: ``intensity`` (one entry per channel, see :class:`pipeline.plan.NormalizeChannelsd`:
+    Normalisation: ``intensity`` (one entry per channel, see :class:`pipeline.preprocessing.plan.NormalizeChannelsd`:
     ``ct`` clip + z-score with dataset statistics, ``zscore`` per image, ``none``) when given, else
     ``normalization`` for all channels (``zscore`` per image or ``none``; ``ct`` needs ``intensity``).
     Inference builds the same chain with ``preprocessing(with_label=False, **plan.transform_kwargs())``.
     """
-    from pipeline.plan import NormalizeChannelsd
+    from pipeline.preprocessing.plan import NormalizeChannelsd
 
     interp = {"linear": "bilinear", "nearest": "nearest", "spline": 3}
     for name, value in (("image_interp", image_interp), ("slow_axis_interp", slow_axis_interp)):
@@ -64,7 +64,7 @@ def preprocessing(
     onehot = with_label and label_interp == "linear"
     label_mode = "bilinear" if onehot else "nearest"
     chain: list = [
-        mt.LoadImaged(keys, reader="pipeline.readers.PipelineReader", image_only=True, dtype=np.float32),
+        mt.LoadImaged(keys, reader="pipeline.core.readers.PipelineReader", image_only=True, dtype=np.float32),
         mt.EnsureChannelFirstd(keys),
         mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]

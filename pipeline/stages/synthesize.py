@@ -6,7 +6,7 @@ import logging
 import sys
 
 from pipeline.config import stage_args
-from pipeline.synthetic import make_synthetic_dataset
+from pipeline.core.synthetic import make_synthetic_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

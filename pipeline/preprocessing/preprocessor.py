@@ -2,7 +2,7 @@
 
 Output folder (``preprocess.out_dir``)::
 
-    fingerprint.csv             per-case fingerprint (pipeline.plan), fingerprint_samples.npz its intensity samples
+    fingerprint.csv             per-case fingerprint, fingerprint_samples.npz its intensity samples
     images/<id>.npy             (C, X, Y, Z) float32 on the RAS target grid, cropped, normalised
     labels/<id>.npy             (1, X, Y, Z) uint8
     meta/<id>.json              the case's geometry and statistics; written last: the case's "done" marker
@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from pipeline import io
 from pipeline.config import PreprocessConfig
-from pipeline.dataset import Case, DatasetInfo
-from pipeline.plan import FINGERPRINT_FILE, Plan, fingerprint_dataset, make_plan, run_pool, source_key
-from pipeline.transforms import preprocessing
+from pipeline.core import io
+from pipeline.core.dataset import Case, DatasetInfo
+from pipeline.preprocessing.plan import FINGERPRINT_FILE, Plan, fingerprint_dataset, make_plan, run_pool, source_key
+from pipeline.preprocessing.transforms import preprocessing
 
 __all__ = [
     "CASES_FILE",

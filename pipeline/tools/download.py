@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m pipeline.download msd Task04_Hippocampus data/ [--url URL] [--md5 MD5]
+    python -m pipeline.tools.download msd Task04_Hippocampus data/ [--url URL] [--md5 MD5]
 
 The URL and MD5 of each task come from :class:`monai.apps.DecathlonDataset`; ``--url`` points at a mirror
 (any URL ``urllib`` can open, including ``file://``) and ``--md5`` overrides the expected checksum (by default the
@@ -106,7 +106,7 @@ def download_msd(task: str, root: Path, url: str | None = None, md5: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.download", description="Download a public dataset.")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.download", description="Download a public dataset.")
     sub = parser.add_subparsers(dest="source", required=True)
     msd = sub.add_parser("msd", help="a Medical Segmentation Decathlon task (checksum-verified)")
     msd.add_argument("task", help=f"one of: {_known_tasks()}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import io
-from pipeline.models import build_model
+from pipeline.core import io
+from pipeline.networks.factory import build_model
 
 WEIGHTS = "model.pt"
 META = "model.json"

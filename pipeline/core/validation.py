@@ -1,7 +1,7 @@
 """Check every case of a dataset before anything is written; report all problems at once.
 
 Each problem is one line naming the file (:class:`Problem`); nothing here raises on bad data. Checks:
-the dataset description (see :mod:`pipeline.dataset`), every file (missing, empty, truncated, corrupt,
+the dataset description (see :mod:`pipeline.core.dataset`), every file (missing, empty, truncated, corrupt,
 header promising more data than the file holds, wrong dimensionality, zero or negative spacing, NaN/Inf
 intensities), and per case the label against the image (shape, spacing, origin, direction) and the label
 values (integers, declared in ``dataset.json``).
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.dataset import DATASET_ROW, Case, DatasetInfo, Problem
-from pipeline.readers import Header, ReadError, read_array
+from pipeline.core.dataset import DATASET_ROW, Case, DatasetInfo, Problem
+from pipeline.core.readers import Header, ReadError, read_array
 
 __all__ = ["Problem", "check_case", "validate_dataset", "format_problems", "summary_line", "validate_or_exit"]
 

@@ -433,7 +433,7 @@ def _build_monai_readers() -> dict[str, type]:
             return self.nifti.get_data(img)
 
     classes = {"SimpleITKReader": SimpleITKReader, "PipelineReader": PipelineReader}
-    for name, cls in classes.items():  # picklable as pipeline.readers.<name>
+    for name, cls in classes.items():  # picklable as pipeline.core.readers.<name>
         cls.__module__, cls.__qualname__ = __name__, name
     return classes
 

@@ -1,6 +1,6 @@
 """Predict label maps for new scans with a trained model folder (no labels needed).
 
-    python -m pipeline.predict --model models/model --input scans/ --output predictions/
+    python -m pipeline.tools.predict --model models/model --input scans/ --output predictions/
 
 ``--input`` is one scan or a folder of scans (.nii, .nii.gz, .nrrd, .mha, .mhd). Each scan gets
 ``<output>/<case>.nii.gz``: integer labels on exactly the scan's voxel grid, with its affine (sform and
@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import io
-from pipeline.dataset import IMAGE_SUFFIXES, Case, strip_suffix
-from pipeline.inference import Predictor, UnreadableScanError, save_probabilities
-from pipeline.model_folder import ModelFolderError
+from pipeline.core import io
+from pipeline.core.dataset import IMAGE_SUFFIXES, Case, strip_suffix
+from pipeline.inference.model_folder import ModelFolderError
+from pipeline.inference.predictor import Predictor, UnreadableScanError, save_probabilities
 
-logger = logging.getLogger("pipeline.predict")
+logger = logging.getLogger("pipeline.tools.predict")
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -79,7 +79,7 @@ def check_outputs(cases: list[Case], output: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict",
+        prog="python -m pipeline.tools.predict",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

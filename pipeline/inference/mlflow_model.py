@@ -2,8 +2,8 @@
 
 :func:`log_model_folder` logs a model folder (``model.pt`` + ``model.json``) to an existing run,
 together with the ``pipeline`` package (``code_paths``), so ``mlflow.pyfunc.load_model(uri)`` works
-without this repository. Loading goes through :class:`pipeline.inference.Predictor` (weights loaded
-with ``weights_only=True``, checksum checked), so the predictions are those of ``pipeline.predict``.
+without this repository. Loading goes through :class:`pipeline.inference.predictor.Predictor` (weights loaded
+with ``weights_only=True``, checksum checked), so the predictions are those of ``pipeline.tools.predict``.
 
 ``model.predict(x)`` takes a scan path (str or Path), a dict ``{"image": array, "affine": 4x4}``
 (affine optional, identity = 1 mm RAS), a bare 3D array, or a list of these, and returns the uint8
@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from pipeline.model_folder import META, WEIGHTS, load_model_folder
+from pipeline.inference.model_folder import META, WEIGHTS, load_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ ARTIFACT = "model_folder"
 # "models from code": MLflow stores and runs this instead of a cloudpickle of the Python object
 MODEL_CODE = """import mlflow
 
-from pipeline.mlflow_model import SegmentationModel
+from pipeline.inference.mlflow_model import SegmentationModel
 
 mlflow.models.set_model(SegmentationModel())
 """
@@ -41,7 +41,7 @@ class SegmentationModel(PythonModel):
     """pyfunc wrapper: scans (paths or arrays) in, label maps on each scan's own grid out."""
 
     def load_context(self, context: Any) -> None:
-        from pipeline.inference import Predictor
+        from pipeline.inference.predictor import Predictor
 
         self.predictor = Predictor(context.artifacts[ARTIFACT])
 
@@ -52,7 +52,7 @@ class SegmentationModel(PythonModel):
         return self._predict_one(model_input)
 
     def _predict_one(self, item: Any) -> np.ndarray:
-        from pipeline.dataset import Case, strip_suffix
+        from pipeline.core.dataset import Case, strip_suffix
 
         if isinstance(item, str | Path):
             path = Path(item)

@@ -24,7 +24,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline import io
+from pipeline.core import io
 
 logger = logging.getLogger(__name__)
 
@@ -390,8 +390,8 @@ def build_report(
 ) -> str:
     """The whole report as one HTML string (images embedded, nothing fetched).
 
-    ``per_case`` is the table of :func:`pipeline.metrics.case_metrics` rows (with ``case_id`` and the
-    provenance columns), ``summary`` the dict of :func:`pipeline.metrics.summarize`, ``train_log``
+    ``per_case`` is the table of :func:`pipeline.evaluation.metrics.case_metrics` rows (with ``case_id`` and the
+    provenance columns), ``summary`` the dict of :func:`pipeline.evaluation.metrics.summarize`, ``train_log``
     the learning-curve table (may be None), ``overlays`` the cases to draw (any iterable: a generator
     keeps one case's volumes in memory at a time), ``class_names`` the label index -> name mapping
     (derived from ``per_case`` when omitted).

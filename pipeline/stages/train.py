@@ -1,0 +1,32 @@
+"""Train stage: ``python -m pipeline.stages.train --config configs/params.yaml``.
+
+Single process as above; data-parallel: ``torchrun --nproc_per_node N -m pipeline.stages.train --config ...``
+(see :mod:`pipeline.training.trainer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch.distributed as dist
+
+from pipeline.config import ConfigError, stage_args
+from pipeline.training.trainer import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args, cfg = stage_args(__doc__, argv)
+    try:
+        train(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{args.config}: {err}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
