@@ -87,6 +87,21 @@ def test_stale_partial_archive_is_downloaded_again(archive, tmp_path):
     assert len(read_msd(folder).cases) == 2
 
 
+def test_wrong_md5_keeps_a_good_archive_until_a_replacement_verifies(archive, tmp_path, capsys):
+    tar_path, md5 = archive
+    out = tmp_path / "data"
+    out.mkdir()
+    good = tar_path.read_bytes()
+    (out / f"{TASK}.tar").write_bytes(good)  # a good archive from an earlier run
+    assert main(["msd", TASK, str(out), "--url", tar_path.as_uri(), "--md5", "0" * 32]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: md5 checksum mismatch")
+    assert (out / f"{TASK}.tar").read_bytes() == good
+    assert not list(out.glob(".*download*")) and not list(out.glob(".*partial*"))
+    # with the right md5 the kept archive is used as it is: no download needed
+    tar_path.unlink()
+    assert len(read_msd(download_msd(TASK, out, url=tar_path.as_uri(), md5=md5)).cases) == 2
+
+
 def test_archive_without_the_task_folder_is_rejected(tmp_path):
     src = tmp_path / "Other"
     src.mkdir()

@@ -68,20 +68,8 @@ def download_msd(task: str, root: Path, url: str | None = None, md5: str | None 
     root.mkdir(parents=True, exist_ok=True)
 
     archive = root / f"{task}.tar"
-    if archive.exists() and not check_hash(archive, md5, "md5"):
-        # e.g. a copy into place that was interrupted: MONAI would refuse it forever, so fetch it again
-        logger.warning("%s does not match md5 %s, downloading it again", archive, md5)
-        archive.unlink()
-    logger.info("downloading %s from %s", task, url)
-    try:
-        download_url(url, filepath=archive, hash_val=md5, hash_type="md5", progress=progress)
-    except HashCheckError as e:
-        raise DownloadError(f"md5 checksum mismatch for {url} (expected {md5}): corrupt download or wrong --md5") from e
-    except (URLError, OSError, RuntimeError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DownloadError(f"cannot download {url}: {reason}") from e
-    if not archive.is_file():  # download_url swallows PermissionError / NotADirectoryError
-        raise DownloadError(f"cannot download {url} to {archive} (permission denied?)")
+    if not (archive.exists() and check_hash(archive, md5, "md5")):
+        _fetch(url, archive, md5, progress)
 
     partial = Path(tempfile.mkdtemp(prefix=f".{task}.partial-", dir=root))
     try:
@@ -103,6 +91,34 @@ def download_msd(task: str, root: Path, url: str | None = None, md5: str | None 
         shutil.rmtree(partial, ignore_errors=True)
     logger.info("extracted %s", dest)
     return dest
+
+
+def _fetch(url: str, archive: Path, md5: str, progress: bool) -> None:
+    """Download ``url`` beside ``archive`` and move it onto ``archive`` only once it matches ``md5``.
+
+    An existing ``archive`` that does not match (an interrupted copy, or a good archive checked against a
+    wrong ``--md5``) is left untouched until the replacement verifies.
+    """
+    if archive.exists():
+        logger.warning("%s does not match md5 %s, downloading it again", archive, md5)
+    logger.info("downloading %s from %s", archive.stem, url)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{archive.name}.download-", dir=archive.parent))
+    tmp = tmp_dir / archive.name
+    try:
+        try:
+            download_url(url, filepath=tmp, hash_val=md5, hash_type="md5", progress=progress)
+        except HashCheckError as e:
+            raise DownloadError(
+                f"md5 checksum mismatch for {url} (expected {md5}): corrupt download or wrong --md5"
+            ) from e
+        except (URLError, OSError, RuntimeError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise DownloadError(f"cannot download {url}: {reason}") from e
+        if not tmp.is_file():  # download_url swallows PermissionError / NotADirectoryError
+            raise DownloadError(f"cannot download {url} to {archive} (permission denied?)")
+        os.replace(tmp, archive)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
