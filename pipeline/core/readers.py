@@ -52,6 +52,7 @@ class Header:
     spacing: tuple[float, ...]  # voxel size per spatial axis as stored in the header (mm)
     affine: np.ndarray  # 4x4 voxel index -> RAS world (mm)
     dtype: str
+    physical_spacing: bool = True  # False for 2D pictures (PNG, JPEG, ...): spacing 1, distances in pixels
 
     @property
     def ndim(self) -> int:
