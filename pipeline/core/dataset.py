@@ -152,6 +152,17 @@ def _labels(meta: dict, source: Path, problems: list[Problem]) -> dict[int, str]
     return labels
 
 
+def read_labels(path: str | Path) -> dict[int, str]:
+    """The ``labels`` of a dataset.json; :class:`DatasetError` naming the file when they cannot be read."""
+    path = Path(path)
+    problems: list[Problem] = []
+    meta = _read_json(path, problems)
+    labels = _labels(meta, path, problems) if meta is not None else {}
+    if problems or not labels:
+        raise DatasetError("; ".join(f"{p.file}: {p.problem}" for p in problems) or f"{path}: no labels")
+    return labels
+
+
 def _missing_root(root: Path) -> DatasetInfo | None:
     if root.is_dir():
         return None

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, EvaluateConfig, to_dict
 from pipeline.core import io
 from pipeline.core.dataset import Case, read_dataset
+from pipeline.core.readers import read_array
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
 from pipeline.evaluation.lineage import lineage_tags
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
@@ -64,8 +65,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     if predictor is None:
         predictor = Predictor(cfg.train.out_dir)
     labels = {int(k): v for k, v in predictor.meta["labels"].items()}
-    ep = e.empty_policy
-    policy = EmptyPolicy(ep.both_empty, ep.ref_empty_only, ep.pred_empty_only)
+    policy = empty_policy(e)
     rows = []
     for case in tqdm(cases, desc="evaluate", unit="case"):
         t0 = time.monotonic()
@@ -89,20 +89,15 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=policy)
     summary["n_cases"] = len(cases)
     metrics_dir = Path(e.metrics_dir)
-    io.write_csv(metrics_dir / "per_case.csv", per_case)
-    io.write_json(metrics_dir / "summary.json", summary)
-    io.write_csv(metrics_dir / DICE_PLOT_FILE, dice_plot_table(per_case))
-
     tags = lineage_tags(cfg, device=str(predictor.device), model_meta=predictor.meta)
-    chosen = pick_cases(per_case)
     ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
     by_id = {c.case_id: c for c in cases}
     overlays = (  # a generator: the report draws one case at a time
         load_overlay(by_id[cid], Path(e.predictions_dir) / f"{cid}.nii.gz", role, float(ranking[cid]))
-        for role, cid in chosen.items()
+        for role, cid in pick_cases(per_case).items()
     )
-    write_report(
-        metrics_dir / REPORT_FILE,
+    write_results(
+        metrics_dir,
         per_case,
         summary,
         config=to_dict(cfg),
@@ -115,6 +110,26 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags)
     logger.info("mean Dice %.4f over %d test cases", summary["mean_dice"], len(cases))
     return summary
+
+
+def empty_policy(e: EvaluateConfig) -> EmptyPolicy:
+    """The configured empty-mask policy (``evaluate.empty_policy``)."""
+    ep = e.empty_policy
+    return EmptyPolicy(ep.both_empty, ep.ref_empty_only, ep.pred_empty_only)
+
+
+def write_results(metrics_dir: str | Path, per_case: pd.DataFrame, summary: dict, **report: Any) -> Path:
+    """Write ``per_case.csv``, ``summary.json``, the DVC plot table and the HTML report into ``metrics_dir``.
+
+    ``report`` holds the keyword arguments of :func:`pipeline.evaluation.report.build_report` (overlays,
+    config, lineage, train_log, class_names, title). Used by the evaluate stage and ``pipeline.tools.score``.
+    """
+    metrics_dir = Path(metrics_dir)
+    io.write_csv(metrics_dir / "per_case.csv", per_case)
+    io.write_json(metrics_dir / "summary.json", summary)
+    io.write_csv(metrics_dir / DICE_PLOT_FILE, dice_plot_table(per_case))
+    write_report(metrics_dir / REPORT_FILE, per_case, summary, **report)
+    return metrics_dir
 
 
 def dice_plot_table(per_case: pd.DataFrame) -> pd.DataFrame:
@@ -148,16 +163,14 @@ def _to_ras(arrays: Sequence[np.ndarray], affine: np.ndarray, zooms: Sequence[fl
 
 
 def load_overlay(case: Case, prediction_file: Path, role: str, mean_dice: float) -> Overlay:
-    """Image (first channel), reference and saved prediction of one case, reoriented to RAS."""
-    img = nib.load(str(case.images[0]))
-    image = np.asanyarray(img.dataobj).astype(np.float32)
+    """Image (first channel), reference and saved prediction of one case (any readable format), reoriented to RAS."""
+    image, header = read_array(case.images[0])
+    image = np.asarray(image, dtype=np.float32)
     if image.ndim == 4:
         image = image[..., 0]
-    reference = np.rint(np.asanyarray(nib.load(str(case.label)).dataobj)).astype(np.int16)
-    prediction = np.asanyarray(nib.load(str(prediction_file)).dataobj).astype(np.int16)
-    (image, reference, prediction), spacing = _to_ras(
-        [image, reference, prediction], img.affine, img.header.get_zooms()[:3]
-    )
+    reference = np.rint(np.asarray(read_array(case.label)[0])).astype(np.int16)
+    prediction = np.rint(np.asarray(read_array(prediction_file)[0])).astype(np.int16)
+    (image, reference, prediction), spacing = _to_ras([image, reference, prediction], header.affine, header.spacing)
     return Overlay(role, case.case_id, image, reference, prediction, spacing, mean_dice)
 
 
