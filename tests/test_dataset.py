@@ -180,3 +180,63 @@ def test_detect_layout_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert validate.main([str(root), "--layout", "csv", "--manifest", "list.csv"]) == 0
     assert capsys.readouterr().out.strip() == f"OK: 1 cases in {root} validated, no problems"
     assert validate.main([str(root / "list.csv")]) == 0
+
+
+def test_per_channel_files_in_a_folder_are_one_case(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for cid in ("a", "b"):
+        for ch in (0, 1):
+            _touch_nii(root / "imagesTr" / f"{cid}_{ch:04d}.nii.gz")
+        _touch_nii(root / "labelsTr" / f"{cid}.nii.gz")
+    _touch_nii(root / "imagesTr" / "c_0001.nii.gz")  # channel 0 missing
+    _touch_nii(root / "labelsTr" / "c.nii.gz")
+    info = read_folder(root)
+    assert [(c.case_id, [p.name for p in c.images]) for c in info.cases] == [
+        ("a", ["a_0000.nii.gz", "a_0001.nii.gz"]),
+        ("b", ["b_0000.nii.gz", "b_0001.nii.gz"]),
+    ]
+    assert [(p.case_id, p.problem) for p in info.problems] == [("c", "missing channel file(s) c_0000")]
+    assert validate_dataset(info, progress=False)[1:] == []
+
+
+def test_msd_image_lists_and_declared_label_values(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for ch in (0, 1):
+        _touch_nii(root / "imagesTr" / f"p1_{ch:04d}.nii.gz")
+    _touch_nii(root / "labelsTr" / "p1.nii.gz", (0, 1, 2, 4))
+    meta = {
+        "labels": {"0": "bg", "1": "necrosis", "2": "edema", "4": "enhancing"},
+        "modality": {"0": "FLAIR", "1": "T1c"},
+        "training": [{"image": ["./imagesTr/p1_0000.nii.gz", "./imagesTr/p1_0001.nii.gz"], "label": "labelsTr/p1.nii.gz"}],
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    info = read_msd(root)
+    assert info.problems == ()
+    assert [(c.case_id, len(c.images)) for c in info.cases] == [("p1", 2)]
+    # classes 0..K-1, each with its stored value
+    assert info.labels == {0: "bg", 1: "necrosis", 2: "edema", 3: "enhancing"} and info.num_classes == 4
+    assert info.label_values == (0, 1, 2, 4)
+    assert info.declared_labels == {0: "bg", 1: "necrosis", 2: "edema", 4: "enhancing"}
+    assert validate_dataset(info, progress=False) == []
+    # a third channel file the dataset does not declare is a problem naming the case
+    meta["training"][0]["image"].append("./imagesTr/p1_0001.nii.gz")
+    (root / "dataset.json").write_text(json.dumps(meta))
+    problems = validate_dataset(read_msd(root), progress=False)
+    assert [p.problem for p in problems] == ["3 input channel(s), dataset.json declares 2 (modality / channel_names)"]
+
+
+def test_undeclared_folder_labels_are_inferred_from_the_masks(tmp_path: Path, capsys) -> None:
+    from pipeline.core.labels import resolve_labels
+    from pipeline.tools.validate import main
+
+    root = tmp_path / "ds"
+    for cid in ("a", "b"):
+        _touch_nii(root / "images" / f"{cid}.nii.gz")
+        _touch_nii(root / "labels" / f"{cid}.nii.gz", (0, 255))
+    info = read_folder(root)
+    assert info.labels == {0: "background", 1: "foreground"} and info.label_values == ()
+    resolved, problems = resolve_labels(info)
+    assert problems == [] and resolved.labels == {0: "background", 1: "foreground"}
+    assert resolved.label_values == (0, 255)
+    assert main([str(root)]) == 0
+    assert "label values found in the masks: 0 (background), 255 (foreground)" in capsys.readouterr().out

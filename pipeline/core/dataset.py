@@ -11,17 +11,23 @@ import csv
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.image2d import IMAGE2D_SUFFIXES
+from pipeline.core.labels import declared_labels
+
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") + IMAGE2D_SUFFIXES
 DATASET_ROW = "(dataset)"  # case id used for problems of the dataset description itself
 DEFAULT_LABELS = {0: "background", 1: "foreground"}
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
 IMAGE_TAGS = ("_image", "_img")
 LABEL_TAGS = ("_label", "_seg", "_mask")
+# one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 class DatasetError(ValueError):
@@ -56,10 +62,19 @@ class DatasetInfo:
     cases: tuple[Case, ...] = ()
     problems: tuple[Problem, ...] = ()
     labels_source: str = ""  # the dataset.json that declares the labels ("" = built-in default)
+    #: the stored label value of each class (class k <-> label_values[k]); empty: the values are the classes
+    label_values: tuple[int, ...] = ()
+    modalities_declared: bool = False  # the channels come from dataset.json (else: from the images)
 
     @property
     def num_classes(self) -> int:
         return max(self.labels, default=0) + 1
+
+    @property
+    def declared_labels(self) -> dict[int, str]:
+        """``{stored value: name}``: the labels as the files hold them."""
+        values = self.label_values or tuple(self.labels)
+        return dict(zip(values, self.labels.values(), strict=True))
 
     def raise_for_problems(self) -> None:
         """Raise :class:`DatasetError` listing the description problems, if any."""
@@ -139,17 +154,21 @@ def _int_keyed(mapping: object, what: str, source: Path, problems: list[Problem]
     return dict(sorted(out.items()))
 
 
-def _labels(meta: dict, source: Path, problems: list[Problem]) -> dict[int, str]:
-    labels = _int_keyed(meta.get("labels"), "labels", source, problems)
+def _labels(meta: dict, source: Path, problems: list[Problem]) -> tuple[dict[int, str], tuple[int, ...]]:
+    """Class names and the declared value of each class (see :mod:`pipeline.core.labels`)."""
+    raw = meta.get("labels")
+    if isinstance(raw, dict) and raw and all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
+        raw = {str(v): k for k, v in raw.items()}  # nnU-Net v2 style {"background": 0, ...}
+    labels = _int_keyed(raw, "labels", source, problems)
     if labels and 0 not in labels:
         problems.append(
             Problem(DATASET_ROW, str(source), "malformed dataset.json: 'labels' must declare 0 (background)")
         )
-        return {}
+        return {}, ()
     if labels and min(labels) < 0:
         problems.append(Problem(DATASET_ROW, str(source), "malformed dataset.json: 'labels' keys must not be negative"))
-        return {}
-    return labels
+        return {}, ()
+    return declared_labels(labels)
 
 
 def read_labels(path: str | Path) -> dict[int, str]:
@@ -180,10 +199,25 @@ def read_msd(root: str | Path) -> DatasetInfo:
     meta = _read_json(source, problems)
     if meta is None:
         return DatasetInfo(root.name, {}, problems=tuple(problems), labels_source=str(source))
-    labels = _labels(meta, source, problems)
-    modalities = _int_keyed(meta.get("modality", {"0": "MR"}), "modality", source, problems) or {0: "MR"}
+    labels, values = _labels(meta, source, problems)
+    declared = meta.get("modality", meta.get("channel_names"))
+    modalities = _int_keyed(declared if declared is not None else {"0": "MR"}, "modality", source, problems)
+    modalities = modalities or {0: "MR"}
     training = meta.get("training")
     cases = []
+    nnunet_v2 = "file_ending" in meta or "channel_names" in meta
+    if training is None and nnunet_v2 and (root / "imagesTr").is_dir():  # no list: files paired by name
+        folder = read_folder(root)
+        return DatasetInfo(
+            str(meta.get("name", root.name)),
+            labels,
+            modalities,
+            folder.cases,
+            tuple(problems) + folder.problems,
+            str(source),
+            values,
+            declared is not None,
+        )
     if training is None:
         problems.append(Problem(DATASET_ROW, str(source), "malformed dataset.json: missing 'training'"))
     elif not isinstance(training, list) or not training:
@@ -198,26 +232,39 @@ def read_msd(root: str | Path) -> DatasetInfo:
                     Problem(where, str(source), f"malformed dataset.json: {where} is not an {{image, label}} object")
                 )
                 continue
-            raw_image = entry.get("image")
-            cid = strip_suffix(Path(raw_image).name) if isinstance(raw_image, str) and raw_image.strip() else where
+            raw = entry.get("image")
+            raw_images = raw if isinstance(raw, list) and raw else [raw]  # a list: one file per channel
+            first = raw_images[0]
+            cid = _case_id(first, len(raw_images) > 1) if isinstance(first, str) and first.strip() else where
             n_before = len(problems)
             prefix = "malformed dataset.json: "
-            image = _inside(root, raw_image, where, "image", source, cid, problems, prefix)
+            images = [_inside(root, r, where, "image", source, cid, problems, prefix) for r in raw_images]
             label = _inside(root, entry.get("label"), where, "label", source, cid, problems, prefix)
-            if len(problems) == n_before and image is not None:
-                cases.append(Case(cid, (image,), label))
+            if len(problems) == n_before and all(i is not None for i in images):
+                cases.append(Case(cid, tuple(images), label))  # type: ignore[arg-type]
     _check_unique(cases, source, problems)
     name = str(meta.get("name", root.name))
-    return DatasetInfo(name, labels, modalities, tuple(cases), tuple(problems), str(source))
+    return DatasetInfo(
+        name, labels, modalities, tuple(cases), tuple(problems), str(source), values, declared is not None
+    )
 
 
-def _sidecar_labels(root: Path, problems: list[Problem]) -> tuple[dict[int, str], str]:
-    """Labels from ``root/dataset.json`` if there is one, else the binary default."""
+def _case_id(image: str, per_channel: bool) -> str:
+    """Case id of an image path; for per-channel files without the ``_0000`` channel tag."""
+    stem = strip_suffix(Path(image).name)
+    match = CHANNEL_FILE.match(stem) if per_channel else None
+    return match["case"] if match else stem
+
+
+def _sidecar_labels(root: Path, problems: list[Problem]) -> tuple[dict[int, str], tuple[int, ...], str]:
+    """Labels (class names, declared values) from ``root/dataset.json`` if there is one, else the binary
+    default (which :func:`pipeline.core.labels.values_found` may replace with the values in the masks)."""
     path = root / "dataset.json"
     if not path.is_file():
-        return dict(DEFAULT_LABELS), ""
+        return dict(DEFAULT_LABELS), (), ""
     meta = _read_json(path, problems)
-    return (_labels(meta, path, problems) if meta is not None else {}), str(path)
+    labels, values = _labels(meta, path, problems) if meta is not None else ({}, ())
+    return labels, values, str(path)
 
 
 def read_manifest(manifest: str | Path, root: str | Path | None = None) -> DatasetInfo:
@@ -231,7 +278,7 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
     problems: list[Problem] = []
     if not manifest.is_file():
         return DatasetInfo(manifest.stem, {}, problems=(Problem(DATASET_ROW, str(manifest), "manifest not found"),))
-    labels, labels_source = _sidecar_labels(root, problems)
+    labels, values, labels_source = _sidecar_labels(root, problems)
     try:
         with manifest.open(newline="") as fh:
             reader = csv.DictReader(fh)
@@ -260,7 +307,7 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
     if not rows:
         problems.append(Problem(DATASET_ROW, str(manifest), "malformed manifest: no cases listed"))
     _check_unique(cases, manifest, problems)
-    return DatasetInfo(manifest.stem, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source)
+    return DatasetInfo(manifest.stem, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -280,13 +327,15 @@ def read_folder(root: str | Path) -> DatasetInfo:
 
     Either ``images/`` + ``labels/`` (or ``imagesTr/`` + ``labelsTr/``) with equal file names, or one flat
     folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also ``_img``; ``_seg``, ``_mask``).
-    Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}``.
+    Images ``<case>_0000``, ``<case>_0001``, ... next to a label ``<case>`` are the channels of one case.
+    Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}`` (the
+    stages and ``validate`` then use the values found in the masks: :func:`pipeline.core.labels.values_found`).
     """
     root = Path(root)
     if (missing := _missing_root(root)) is not None:
         return missing
     problems: list[Problem] = []
-    labels, labels_source = _sidecar_labels(root, problems)
+    labels, values, labels_source = _sidecar_labels(root, problems)
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     for images_name, labels_name in (("images", "labels"), ("imagesTr", "labelsTr")):
@@ -306,15 +355,44 @@ def read_folder(root: str | Path) -> DatasetInfo:
     if not images:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
     cases = []
-    for cid, image in sorted(images.items()):
+    for cid, files in sorted(_group_channels(images, label_files, problems).items()):
         if cid not in label_files:
-            problems.append(Problem(cid, str(image), "no label file for this image"))
+            problems.append(Problem(cid, str(files[0]), "no label file for this image"))
             continue
-        cases.append(Case(cid, (_abs(image),), _abs(label_files[cid])))
+        cases.append(Case(cid, tuple(_abs(f) for f in files), _abs(label_files[cid])))
     for cid, label in sorted(label_files.items()):
-        if cid not in images:
+        if cid not in images and not any(_channel_of(s, label_files) == cid for s in images):
             problems.append(Problem(cid, str(label), "no image file for this label"))
-    return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source)
+    return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
+
+
+def _channel_of(stem: str, label_files: dict[str, Path]) -> str | None:
+    """The case id of a per-channel image ``<case>_0000`` whose case has a label (and the file itself none)."""
+    match = CHANNEL_FILE.match(stem)
+    if match is None or stem in label_files or match["case"] not in label_files:
+        return None
+    return match["case"]
+
+
+def _group_channels(
+    images: dict[str, Path], label_files: dict[str, Path], problems: list[Problem]
+) -> dict[str, list[Path]]:
+    """Image files by case: ``<case>_0000``, ``<case>_0001``, ... of a labelled ``<case>`` become one case."""
+    cases: dict[str, list[Path]] = {}
+    channels: dict[str, dict[int, Path]] = {}
+    for stem, path in images.items():
+        if (cid := _channel_of(stem, label_files)) is not None:
+            channels.setdefault(cid, {})[int(CHANNEL_FILE.match(stem)["channel"])] = path  # type: ignore[index]
+        else:
+            cases[stem] = [path]
+    for cid, files in channels.items():
+        if sorted(files) != list(range(len(files))):
+            missing = sorted(set(range(max(files) + 1)) - set(files))
+            names = ", ".join(f"{cid}_{c:04d}" for c in missing)
+            problems.append(Problem(cid, str(files[min(files)]), f"missing channel file(s) {names}"))
+            continue
+        cases[cid] = [files[c] for c in range(len(files))]
+    return cases
 
 
 def _check_unique(cases: list[Case], source: Path, problems: list[Problem]) -> None:

@@ -134,15 +134,35 @@ def _check_label_values(
     if not undeclared:
         return []
     declared = ", ".join(str(k) for k in labels)
-    where = "dataset.json" if labels_source else "the default labels (no dataset.json)"
+    where = "the default labels (no dataset.json)" if not labels_source else labels_source
+    where = "dataset.json" if where.endswith(".json") else where
     return [Problem(case_id, str(path), f"label values {undeclared} not declared in {where} (declared: {declared})")]
 
 
-def check_case(case: Case, labels: dict[int, str], labels_source: str = "dataset.json") -> list[Problem]:
-    """All problems of one case (empty list when it is fine); never raises on bad data."""
+def _check_channels(images: Sequence[tuple[np.ndarray, Header] | None], channels: int, case: Case) -> list[Problem]:
+    """The case's input channels against the number the dataset declares (2D grey <-> RGB is converted)."""
+    if any(read is None for read in images):
+        return []
+    have = sum(data.shape[3] if data.ndim == 4 else 1 for data, _ in images)  # type: ignore[misc]
+    picture = not images[0][1].physical_spacing  # type: ignore[index]
+    if have == channels or (picture and {have, channels} == {1, 3}):
+        return []
+    msg = f"{have} input channel(s), dataset.json declares {channels} (modality / channel_names)"
+    return [Problem(case.case_id, str(case.images[0]), msg)]
+
+
+def check_case(
+    case: Case, labels: dict[int, str], labels_source: str = "dataset.json", channels: int | None = None
+) -> list[Problem]:
+    """All problems of one case (empty list when it is fine); never raises on bad data.
+
+    ``labels`` are the declared ``{stored value: name}``; ``channels`` the declared number of input channels.
+    """
     problems: list[Problem] = []
     try:
         images = [_check_image(p, case.case_id, problems) for p in case.images]
+        if channels is not None:
+            problems.extend(_check_channels(images, channels, case))
         ref = images[0]
         for path, other in zip(case.images[1:], images[1:], strict=True):
             if ref is not None and other is not None:
@@ -193,7 +213,8 @@ def validate_dataset(info: DatasetInfo, workers: int | None = None, progress: bo
     to make it worth it (``workers`` given explicitly > 1 always uses the pool).
     """
     problems = list(info.problems)
-    check = partial(check_case, labels=dict(info.labels), labels_source=info.labels_source)
+    channels = len(info.modalities) if info.modalities_declared else None
+    check = partial(check_case, labels=info.declared_labels, labels_source=info.labels_source, channels=channels)
     cases = list(info.cases)
     if workers is None:
         workers = _default_workers() if len(cases) > 1 and _total_bytes(cases) >= POOL_MIN_BYTES else 1

@@ -8,11 +8,15 @@ a time (:mod:`pipeline.sampling.patches`) and augmented a batch at a time (:mod:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai import transforms as mt
+from monai.data import MetaTensor
+
+from pipeline.core.image2d import match_channels
+from pipeline.core.labels import is_identity
 
 
 def body_mask(x: torch.Tensor) -> torch.Tensor:
@@ -20,6 +24,24 @@ def body_mask(x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(x.shape[0], -1)
     low = flat.min(dim=1).values.reshape((-1,) + (1,) * (x.ndim - 1))
     return (x > low).any(dim=0, keepdim=True)
+
+
+class MatchChannelsd(mt.MapTransform):
+    """Give a channel-first image the dataset's number of channels (2D grey <-> RGB, see
+    :func:`pipeline.core.image2d.match_channels`); a no-op when they already agree. Not spatial."""
+
+    def __init__(self, keys: Hashable | Sequence[Hashable], channels: int) -> None:
+        super().__init__(keys)
+        self.channels = int(channels)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            if int(x.shape[0]) != self.channels:
+                out = torch.as_tensor(match_channels(np.asarray(x), self.channels), dtype=torch.float32)
+                d[key] = MetaTensor(out, meta=x.meta, applied_operations=x.applied_operations)
+        return d
 
 
 def preprocessing(
@@ -34,8 +56,14 @@ def preprocessing(
     slow_axis_interp: str = "linear",
     label_interp: str = "nearest",
     num_classes: int | None = None,
+    channels: int | None = None,
+    label_values: Sequence[float] = (),
 ) -> mt.Compose:
     """Load -> channel first -> RAS -> resample -> crop to body -> normalise.
+
+    ``channels`` (the dataset's input channels) converts a grey 2D image of a colour dataset to RGB and
+    back; ``label_values`` (the stored value of each class, see :mod:`pipeline.core.labels`) maps the
+    label file's values to classes 0..K-1 right after loading.
 
     Resampling keeps the physical extent of the scan (``scale_extent``: the output grid starts at the
     scan's first corner and covers it to within one output voxel). Image ``image_interp`` (``linear`` or
@@ -66,8 +94,12 @@ def preprocessing(
     chain: list = [
         mt.LoadImaged(keys, reader="pipeline.core.readers.PipelineReader", image_only=True, dtype=np.float32),
         mt.EnsureChannelFirstd(keys),
-        mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]
+    if channels:
+        chain.append(MatchChannelsd("image", channels))
+    if with_label and not is_identity(label_values):
+        chain.append(mt.MapLabelValued("label", list(label_values), list(range(len(label_values))), dtype=np.float32))
+    chain.append(mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if onehot:
         chain.append(mt.AsDiscreted("label", to_onehot=num_classes))
     spacing = [float(s) for s in target_spacing]

@@ -9,7 +9,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.core.dataset import read_dataset
+from pipeline.core.dataset import DATASET_ROW, Problem, read_dataset
+from pipeline.core.labels import INFERRED, resolve_labels
 from pipeline.core.validation import format_problems, summary_line, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    info = read_dataset(args.root, args.layout, args.manifest)
-    problems = validate_dataset(info, args.workers)
+    info, label_problems = resolve_labels(read_dataset(args.root, args.layout, args.manifest))
+    problems = [Problem(DATASET_ROW, f, p) for f, p in label_problems] + validate_dataset(info, args.workers)
+    if info.labels_source == INFERRED:
+        found = ", ".join(f"{v} ({name})" for v, name in info.declared_labels.items())
+        print(f"no dataset.json: label values found in the masks: {found}")
     if problems:
         print(format_problems(problems))
         print(summary_line(problems), file=sys.stderr)

@@ -1,0 +1,114 @@
+"""Label values as declared <-> classes 0..K-1: the one place where stored values become classes and back.
+
+A dataset may declare label values that are not 0..K-1: a binary mask stored as 0/255, BraTS 0/1/2/4,
+integers stored as floats. The pipeline works on classes 0..K-1 (class k is the k-th declared value in
+increasing order); files it reads are mapped with :func:`to_classes` (preprocessing, fingerprint,
+evaluation) and predictions are written back with :func:`to_values`. ``values`` empty means the classes
+are the values (0..K-1), nothing to map. Both use MONAI's ``MapLabelValue``.
+
+:func:`declared_labels` turns a ``{value: name}`` declaration into class names and values;
+:func:`values_found` reads the label files of a dataset that declares nothing (a paired folder without
+``dataset.json``), so that its labels are inferred from the masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: ``DatasetInfo.labels_source`` of labels inferred from the masks
+INFERRED = "(values found in the label files)"
+#: more distinct values than this in the masks of an undeclared dataset is not a label map
+MAX_INFERRED_VALUES = 32
+
+
+def is_identity(values: Sequence[float]) -> bool:
+    """True when the values are the classes themselves (0..K-1) or there are none."""
+    return not values or [float(v) for v in values] == [float(k) for k in range(len(values))]
+
+
+def declared_labels(declared: Mapping[int, str]) -> tuple[dict[int, str], tuple[int, ...]]:
+    """``{value: name}`` -> (``{class: name}``, values in class order; empty when they are 0..K-1)."""
+    values = tuple(sorted(int(v) for v in declared))
+    classes = {k: str(declared[v]) for k, v in enumerate(values)}
+    return classes, (() if is_identity(values) else values)
+
+
+def _mapper(source: Sequence[float], target: Sequence[float], dtype: object):  # noqa: ANN202 - MONAI transform
+    from monai.transforms import MapLabelValue
+
+    return MapLabelValue(orig_labels=list(source), target_labels=list(target), dtype=dtype)
+
+
+def to_classes(label: np.ndarray, values: Sequence[float], dtype: object = np.int16) -> np.ndarray:
+    """Stored label values -> classes 0..K-1 (values not declared are left as they are; validation reports them)."""
+    label = np.rint(np.asarray(label))
+    if is_identity(values):
+        return label.astype(dtype)
+    return np.asarray(_mapper(values, range(len(values)), dtype)(label))
+
+
+def to_values(classes: np.ndarray, values: Sequence[float], dtype: object | None = None) -> np.ndarray:
+    """Classes 0..K-1 -> the declared label values (the smallest integer type that holds them by default)."""
+    classes = np.asarray(classes)
+    if is_identity(values):
+        return classes if dtype is None else classes.astype(dtype)
+    if dtype is None:
+        top = max(float(v) for v in values)
+        dtype = np.uint8 if top <= 255 and min(values) >= 0 else np.uint16 if 0 <= top <= 65535 else np.int32
+    return np.asarray(_mapper(range(len(values)), values, dtype)(classes))
+
+
+def inferred_labels(values: Iterable[float]) -> dict[int, str]:
+    """Names for label values found in the masks: ``{0: background, v: "foreground"}`` for one foreground
+    value, ``{0: background, v: "label <v>"}`` for several."""
+    found = sorted({int(v) for v in values} | {0})
+    if len(found) == 2:
+        return {0: "background", found[1]: "foreground"}
+    return {v: ("background" if v == 0 else f"label {v}") for v in found}
+
+
+def values_found(label_files: Iterable[str | Path]) -> tuple[list[int], list[tuple[str, str]]]:
+    """Distinct integer values over the label files, and ``(file, problem)`` when they are not a label map.
+
+    Unreadable files and non-integer values are skipped here (validation reports them per case).
+    """
+    from pipeline.core.readers import ReadError, read_array
+
+    found: set[int] = set()
+    for path in label_files:
+        try:
+            data, _ = read_array(path)
+        except (ReadError, MemoryError):
+            continue
+        values = np.unique(data)
+        if values.dtype.kind in "fc" and (not np.all(np.isfinite(values)) or np.any(np.mod(values, 1) != 0)):
+            continue
+        found.update(int(v) for v in values)
+        if len(found) > MAX_INFERRED_VALUES:
+            problem = f"more than {MAX_INFERRED_VALUES} distinct label values: not a label map (a lossy JPEG mask?)"
+            return sorted(found), [(str(path), problem)]
+    return sorted(found), []
+
+
+def resolve_labels(info: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """A :class:`~pipeline.core.dataset.DatasetInfo` whose labels are declared, else inferred from its masks.
+
+    Without a ``dataset.json`` (``labels_source`` empty) every label file is read and the values found
+    become the classes (:func:`inferred_labels`); returns the new info and ``(file, problem)`` pairs.
+    """
+    if info.labels_source or not info.cases:
+        return info, []
+    found, problems = values_found(c.label for c in info.cases if c.label is not None)
+    if problems or not found:
+        return info, problems
+    labels, values = declared_labels(inferred_labels(found))
+    logger.info("no dataset.json: label values found in the masks: %s", ", ".join(map(str, found)))
+    return replace(info, labels=labels, label_values=values, labels_source=INFERRED), []
