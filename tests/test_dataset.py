@@ -207,7 +207,9 @@ def test_msd_image_lists_and_declared_label_values(tmp_path: Path) -> None:
     meta = {
         "labels": {"0": "bg", "1": "necrosis", "2": "edema", "4": "enhancing"},
         "modality": {"0": "FLAIR", "1": "T1c"},
-        "training": [{"image": ["./imagesTr/p1_0000.nii.gz", "./imagesTr/p1_0001.nii.gz"], "label": "labelsTr/p1.nii.gz"}],
+        "training": [
+            {"image": ["./imagesTr/p1_0000.nii.gz", "./imagesTr/p1_0001.nii.gz"], "label": "labelsTr/p1.nii.gz"}
+        ],
     }
     (root / "dataset.json").write_text(json.dumps(meta))
     info = read_msd(root)
