@@ -9,7 +9,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.core.dataset import DATASET_ROW, detect_layout, read_dataset, read_folder, read_manifest, read_msd
+from pipeline.core.dataset import (
+    DATASET_ROW,
+    detect_layout,
+    read_dataset,
+    read_folder,
+    read_labels,
+    read_manifest,
+    read_msd,
+)
 from pipeline.core.validation import validate_dataset
 
 
@@ -219,6 +227,7 @@ def test_msd_image_lists_and_declared_label_values(tmp_path: Path) -> None:
     assert info.labels == {0: "bg", 1: "necrosis", 2: "edema", 3: "enhancing"} and info.num_classes == 4
     assert info.label_values == (0, 1, 2, 4)
     assert info.declared_labels == {0: "bg", 1: "necrosis", 2: "edema", 4: "enhancing"}
+    assert read_labels(root / "dataset.json") == info.declared_labels  # as stored, for scoring any masks
     assert validate_dataset(info, progress=False) == []
     # a third channel file the dataset does not declare is a problem naming the case
     meta["training"][0]["image"].append("./imagesTr/p1_0001.nii.gz")

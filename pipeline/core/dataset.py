@@ -172,14 +172,15 @@ def _labels(meta: dict, source: Path, problems: list[Problem]) -> tuple[dict[int
 
 
 def read_labels(path: str | Path) -> dict[int, str]:
-    """The ``labels`` of a dataset.json; :class:`DatasetError` naming the file when they cannot be read."""
+    """The ``labels`` of a dataset.json as declared, ``{stored value: name}``; :class:`DatasetError` naming the
+    file when they cannot be read."""
     path = Path(path)
     problems: list[Problem] = []
     meta = _read_json(path, problems)
-    labels = _labels(meta, path, problems) if meta is not None else {}
+    labels, values = _labels(meta, path, problems) if meta is not None else ({}, ())
     if problems or not labels:
         raise DatasetError("; ".join(f"{p.file}: {p.problem}" for p in problems) or f"{path}: no labels")
-    return labels
+    return dict(zip(values or tuple(labels), labels.values(), strict=True))
 
 
 def _missing_root(root: Path) -> DatasetInfo | None:

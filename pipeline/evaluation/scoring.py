@@ -105,7 +105,7 @@ def references(ref: Path, labels_file: Path | None = None) -> tuple[dict[str, Ca
         except DatasetError as err:
             raise ScoreError(str(err)) from None
         cases = {c.case_id: c for c in info.cases if c.label is not None}
-        labels = info.labels if info.labels_source else None
+        labels = info.declared_labels if info.labels_source else None  # masks are scored by their stored values
         name = info.name
     else:
         cases = {cid: Case(cid, (), path) for cid, path in mask_files(ref).items()}
