@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipeline.tools.compare",
         description=COMPARE_DOC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="outputs: the per-class table on stdout, --out (CSV) and --pairs-out (CSV of paired values)\n"
+        "exit status: 0 compared; 2 a side cannot be read or the two share no (case, class), or a usage error",
     )
     parser.add_argument("a", help="run A: metrics folder, per_case.csv, mlflow:<run_id>, runs:/<run_id> or dvc:<rev>")
     parser.add_argument("b", help="run B, the same forms; differences are B - A")

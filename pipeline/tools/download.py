@@ -122,9 +122,17 @@ def _fetch(url: str, archive: Path, md5: str, progress: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.download", description="Download a public dataset.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.download",
+        description="Download a public dataset.",
+        epilog="output: <dir>/<task>/ (dataset.json, imagesTr/, labelsTr/) and the verified <dir>/<task>.tar; "
+        "the task folder's path on stdout. exit status: 0 done (or already there); 1 download, checksum or "
+        "extraction failed (no complete-looking folder is left); 2 usage error.",
+    )
     sub = parser.add_subparsers(dest="source", required=True)
-    msd = sub.add_parser("msd", help="a Medical Segmentation Decathlon task (checksum-verified)")
+    msd = sub.add_parser(
+        "msd", help="a Medical Segmentation Decathlon task (checksum-verified)", epilog=parser.epilog
+    )
     msd.add_argument("task", help=f"one of: {_known_tasks()}")
     msd.add_argument("dir", type=Path, help="folder to put the task folder (and its .tar) in")
     msd.add_argument("--url", help="mirror URL of the task's .tar (http(s):// or file://)")

@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m pipeline.tools.predict",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="inputs: --model (a model folder), --input (a scan or a folder of scans)\n"
+        "outputs: <output>/<case>.nii.gz on each scan's voxel grid (+ <case>_probabilities.nii.gz)\n"
+        "exit status: 0 every scan predicted; 1 some scans failed (listed on stderr, the others written);\n"
+        "             2 the model folder or the input cannot be used, or a usage error (nothing written)",
     )
     parser.add_argument("--model", required=True, type=Path, help="model folder written by the train stage")
     parser.add_argument("--input", required=True, type=Path, help="a scan, or a folder of scans")

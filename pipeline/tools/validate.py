@@ -17,7 +17,13 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.validate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.validate",
+        description=__doc__.splitlines()[0],
+        epilog="input: a dataset (MSD folder, images/ + labels/ folder, or CSV manifest). output: the problems as a "
+        "table (case, file, problem) on stdout; nothing is written. exit status: 0 every case is fine, 1 problems "
+        "found, 2 usage error.",
+    )
     parser.add_argument("root", help="dataset folder (or a CSV manifest)")
     parser.add_argument(
         "--layout",
