@@ -48,7 +48,8 @@ class SyntheticConfig:
 class PreprocessConfig:
     """Fingerprint the dataset, plan, then reorient, resample, crop and normalise every case.
 
-    Every planned value (see :mod:`pipeline.preprocessing.plan`) has a field here; None means "planned from the data".
+    Every planned value (see :mod:`pipeline.preprocessing.planner`) has a field here; None means "planned from
+    the data".
     """
 
     out_dir: str = "data/preprocessed"

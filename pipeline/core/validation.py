@@ -10,17 +10,15 @@ values (integers, declared in ``dataset.json``).
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.core.dataset import DATASET_ROW, Case, DatasetInfo, Problem
+from pipeline.core.parallel import run_pool
 from pipeline.core.readers import Header, ReadError, read_array
 
 __all__ = ["Problem", "check_case", "validate_dataset", "format_problems", "summary_line", "validate_or_exit"]
@@ -218,13 +216,7 @@ def validate_dataset(info: DatasetInfo, workers: int | None = None, progress: bo
     cases = list(info.cases)
     if workers is None:
         workers = _default_workers() if len(cases) > 1 and _total_bytes(cases) >= POOL_MIN_BYTES else 1
-    bar = partial(tqdm, total=len(cases), desc="validate", unit="case", disable=not progress)
-    if workers > 1 and len(cases) > 1 and "fork" in mp.get_all_start_methods():
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            chunk = max(1, min(16, len(cases) // (4 * workers)))
-            results = list(bar(pool.map(check, cases, chunksize=chunk)))
-    else:
-        results = [check(c) for c in bar(cases)]
+    results = run_pool(check, cases, workers, "validate", progress=progress)
     for result in results:
         problems.extend(result)
     if not cases and not problems:

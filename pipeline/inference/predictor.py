@@ -42,14 +42,10 @@ from scipy import ndimage
 from pipeline.core import io
 from pipeline.core.dataset import Case
 from pipeline.inference.model_folder import load_model_folder
+from pipeline.preprocessing.plan import Plan
 from pipeline.preprocessing.preprocessor import case_data
 from pipeline.preprocessing.transforms import preprocessing
 from pipeline.sampling.augment import window_dims
-
-try:  # the planner's Plan (intensity schemes, slow axis, interpolation); older trees only have the basic one
-    from pipeline.preprocessing.plan import Plan
-except ImportError:  # pragma: no cover - depends on the tree
-    from pipeline.preprocessing.preprocessor import Plan
 
 logger = logging.getLogger(__name__)
 

@@ -34,18 +34,17 @@ from scipy import ndimage
 from pipeline.config import PreprocessConfig
 from pipeline.core import io
 from pipeline.core.dataset import Case, DatasetInfo
-from pipeline.preprocessing.plan import FINGERPRINT_FILE, Plan, fingerprint_dataset, make_plan, run_pool, source_key
+from pipeline.core.parallel import run_pool
+from pipeline.preprocessing.fingerprint import fingerprint_dataset, source_key
+from pipeline.preprocessing.plan import Plan
+from pipeline.preprocessing.planner import make_plan
 from pipeline.preprocessing.transforms import preprocessing
 
 __all__ = [
     "CASES_FILE",
-    "FINGERPRINT_FILE",
     "PLANS_FILE",
-    "Plan",
     "case_data",
-    "fingerprint_dataset",
     "load_plan",
-    "make_plan",
     "plan_dataset",
     "preprocess_case",
     "preprocess_dataset",

@@ -1,4 +1,4 @@
-"""Fingerprint and plan: spacing rule, per-modality normalisation, patch sizes under a memory budget."""
+"""Planner (on fingerprints): spacing rule, per-modality normalisation, patch sizes under a memory budget."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from conftest import SHARED_DATA
 
 from pipeline.config import PreprocessConfig
 from pipeline.core.dataset import read_dataset
-from pipeline.preprocessing.plan import (
+from pipeline.preprocessing.fingerprint import fingerprint_dataset, intensity_statistics
+from pipeline.preprocessing.plan import Plan
+from pipeline.preprocessing.planner import (
     MIN_PATCH,
-    Plan,
     activation_bytes_per_voxel,
-    fingerprint_dataset,
-    intensity_statistics,
     make_plan,
     plan_patch,
     plan_spacing,
