@@ -26,12 +26,22 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class DicomConfig:
+    """Which series of a DICOM folder is the scan (see :mod:`pipeline.core.dicom`); unset: the only one."""
+
+    modality: str | None = None  # keep series of this Modality (e.g. MR, CT)
+    description: str | None = None  # keep series whose SeriesDescription matches this regex (case-insensitive)
+    largest: bool = False  # several left: take the one with the most slices
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the raw dataset lives and how it is laid out."""
 
     root: str = "data/raw/synthetic"
     layout: Literal["msd", "folder", "csv"] = "msd"
     manifest: str | None = None  # CSV with case_id,image,label (layout "csv")
+    dicom: DicomConfig = field(default_factory=DicomConfig)  # series rule for images that are DICOM folders
 
 
 @dataclass(frozen=True)
