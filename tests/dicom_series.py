@@ -6,11 +6,23 @@ Follows SimpleITK's "DICOM series from array" example: shared study/series/frame
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import locale
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+
+@contextmanager
+def kept_locale() -> Iterator[None]:
+    """ITK's DICOM writer leaves the process locale at "C" (ASCII text I/O afterwards); put it back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def uid(suffix: str) -> str:
@@ -48,18 +60,19 @@ def write_series(
     }
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for i in range(image.GetDepth()):
-        if i in skip:
-            continue
-        piece = image[:, :, i]
-        for key, value in tags.items():
-            piece.SetMetaData(key, value)
-        position = (positions or {}).get(i, image.TransformIndexToPhysicalPoint((0, 0, i)))
-        piece.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
-        piece.SetMetaData("0020|0013", str(i + 1))
-        piece.SetMetaData("0008|0018", uid(f"{study}.4.{series}.{i + 1}"))
-        writer.SetFileName(str(folder / f"slice_{i:03d}.dcm"))
-        writer.Execute(piece)
+    with kept_locale():
+        for i in range(image.GetDepth()):
+            if i in skip:
+                continue
+            piece = image[:, :, i]
+            for key, value in tags.items():
+                piece.SetMetaData(key, value)
+            position = (positions or {}).get(i, image.TransformIndexToPhysicalPoint((0, 0, i)))
+            piece.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+            piece.SetMetaData("0020|0013", str(i + 1))
+            piece.SetMetaData("0008|0018", uid(f"{study}.4.{series}.{i + 1}"))
+            writer.SetFileName(str(folder / f"slice_{i:03d}.dcm"))
+            writer.Execute(piece)
     return folder
 
 

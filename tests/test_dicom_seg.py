@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_series import oblique_image, write_series
+from dicom_series import kept_locale, oblique_image, write_series
 
 from pipeline.core import dicom
 from pipeline.inference import dicom_seg
@@ -124,15 +124,16 @@ def test_incomplete_source_headers_are_completed_for_the_seg(tmp_path: Path) -> 
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()  # else every file gets its own series UID
-    for i in range(image.GetDepth()):
-        piece = image[:, :, i]
-        d = image.GetDirection()
-        piece.SetMetaData("0020|0037", "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))))
-        piece.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, i)))))
-        piece.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.98.1")
-        piece.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(folder / f"{i}.dcm"))
-        writer.Execute(piece)
+    d = image.GetDirection()
+    with kept_locale():
+        for i in range(image.GetDepth()):
+            piece = image[:, :, i]
+            piece.SetMetaData("0020|0037", "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))))
+            piece.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, i)))))
+            piece.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.98.1")
+            piece.SetMetaData("0008|0060", "CT")
+            writer.SetFileName(str(folder / f"{i}.dcm"))
+            writer.Execute(piece)
     volume = dicom.read_volume(folder)
     assert len({h.StudyInstanceUID for h in volume.headers}) > 1  # what the bare writer does
     labels = _mask(volume.shape)
