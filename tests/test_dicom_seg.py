@@ -85,9 +85,9 @@ def test_code_map_by_name_or_index(tmp_path: Path) -> None:
     codes_file.write_text(
         "anterior:\n"
         "  category: [SCT, '91723000', Anatomical Structure]\n"
-        "  type: {scheme: SCT, value: '5001000', meaning: Hippocampus}\n"
+        "  type: {scheme: SCT, value: '5366008', meaning: Hippocampus}\n"
         "2:\n"
-        "  type: [SCT, '5001000', Hippocampus]\n"
+        "  type: [SCT, '5366008', Hippocampus]\n"
     )
     codes = dicom_seg.load_code_map(codes_file, NAMES)
     volume = dicom.read_volume(write_series(oblique_image(), tmp_path / "series"))
@@ -96,7 +96,7 @@ def test_code_map_by_name_or_index(tmp_path: Path) -> None:
     assert first.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
     assert first.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Hippocampus"
     assert second.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "85756007"  # default category
-    assert second.SegmentedPropertyTypeCodeSequence[0].CodeValue == "5001000"
+    assert second.SegmentedPropertyTypeCodeSequence[0].CodeValue == "5366008"
 
 
 @pytest.mark.parametrize(
@@ -140,3 +140,11 @@ def test_incomplete_source_headers_are_completed_for_the_seg(tmp_path: Path) -> 
     out = dicom_seg.write_seg(labels, volume, NAMES, tmp_path / "seg.dcm")
     np.testing.assert_array_equal(_decode(out, volume), labels)
     assert "FrameOfReferenceUID" not in volume.headers[0]  # the source headers are not changed
+
+
+def test_seg_next_to_its_series_is_not_part_of_the_scan(tmp_path: Path) -> None:
+    folder = write_series(oblique_image(), tmp_path / "series")
+    volume = dicom.read_volume(folder)
+    dicom_seg.write_seg(_mask(volume.shape), volume, NAMES, folder / "seg.dcm")
+    again = dicom.read_volume(folder)
+    assert again.files == volume.files and "seg.dcm" not in {p.name for p in again.files}

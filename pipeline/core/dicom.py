@@ -19,6 +19,7 @@ images, a single slice. Axes are ``x`` = column, ``y`` = row, ``z`` = slice (sor
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -42,6 +43,9 @@ TILT_ATOL = 0.01
 #: tolerance on direction cosines and pixel spacing when checking that slices belong together
 GEOMETRY_ATOL = 1e-4
 
+#: Segmentation Storage: SEG objects are results, never the scan
+SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
 _rule = DicomConfig()
 
 
@@ -58,6 +62,30 @@ def set_series_rule(rule: DicomConfig | None) -> None:
 def series_rule() -> DicomConfig:
     """The rule set with :func:`set_series_rule`."""
     return _rule
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--dicom-modality/--dicom-description/--dicom-largest`` options of the user tools."""
+    group = parser.add_argument_group("DICOM series (a scan that is a folder of DICOM files)")
+    group.add_argument("--dicom-modality", default=None, help="use the series of this Modality (e.g. MR, CT)")
+    group.add_argument(
+        "--dicom-description", default=None, help="use the series whose SeriesDescription matches this regex"
+    )
+    group.add_argument(
+        "--dicom-largest", action="store_true", help="several series left: use the one with the most slices"
+    )
+
+
+def rule_from_args(args: argparse.Namespace) -> DicomConfig:
+    """The rule given by :func:`add_rule_arguments`' options."""
+    if args.dicom_description:
+        try:
+            re.compile(args.dicom_description)
+        except re.error as err:
+            raise ValueError(
+                f"--dicom-description {args.dicom_description!r} is not a regular expression ({err})"
+            ) from None
+    return DicomConfig(args.dicom_modality, args.dicom_description, args.dicom_largest)
 
 
 # ----------------------------------------------------------------------------------------------- finding
@@ -95,6 +123,14 @@ def is_dicom_folder(path: str | Path) -> bool:
     return path.is_dir() and bool(dicom_files(path, first_only=True))
 
 
+def holds_dicom_files(folder: str | Path) -> bool:
+    """A folder with a DICOM file directly in it (one scan), as opposed to a folder of scan folders."""
+    folder = Path(folder)
+    return folder.is_dir() and any(
+        p.is_file() and not p.name.startswith(".") and is_dicom_file(p) for p in folder.iterdir()
+    )
+
+
 @dataclass(frozen=True)
 class Series:
     """One series found in a folder: its headers (no pixel data) and files, in file-name order."""
@@ -112,22 +148,34 @@ class Series:
 
 
 def scan_folder(folder: Path) -> list[Series]:
-    """Every series beneath ``folder``, in series-number order; raises :class:`DicomError` if there is none."""
+    """Every image series beneath ``folder``, in series-number order; :class:`DicomError` if there is none.
+
+    Objects that are not images (structured reports, presentation states, RT structures: no pixel matrix)
+    and Segmentation objects (e.g. a SEG written next to its series) are skipped.
+    """
     import pydicom
 
     files = dicom_files(folder)
     if not files:
         raise DicomError("no DICOM files in the folder")
     groups: dict[str, list[tuple[Path, Any]]] = {}
+    skipped = 0
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as err:  # noqa: BLE001 - pydicom raises many types for broken files
             raise DicomError(f"{path.relative_to(folder)}: not a readable DICOM file ({_one_line(err)})") from None
+        if "Rows" not in ds or str(getattr(ds, "SOPClassUID", "")) == SEGMENTATION_SOP_CLASS:
+            skipped += 1
+            continue
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         if not uid:
             raise DicomError(f"{path.relative_to(folder)}: no SeriesInstanceUID")
         groups.setdefault(uid, []).append((path, ds))
+    if not groups:
+        raise DicomError(f"no DICOM images in the folder ({skipped} non-image or segmentation objects)")
+    if skipped:
+        logger.debug("%s: skipped %d non-image or segmentation objects", folder, skipped)
     series = []
     for uid, members in groups.items():
         first = members[0][1]
@@ -151,7 +199,12 @@ def choose_series(series: Sequence[Series], rule: DicomConfig) -> Series:
     if rule.modality:
         left = [s for s in left if s.modality.upper() == rule.modality.upper()]
     if rule.description:
-        pattern = re.compile(rule.description, re.IGNORECASE)
+        try:
+            pattern = re.compile(rule.description, re.IGNORECASE)
+        except re.error as err:
+            raise DicomError(
+                f"series description pattern {rule.description!r} is not a regular expression ({err})"
+            ) from None
         left = [s for s in left if pattern.search(s.description)]
     if not left:
         found = "; ".join(s.describe() for s in series)

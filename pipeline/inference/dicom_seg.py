@@ -11,7 +11,7 @@ or name::
 
     anterior:
       category: [SCT, "91723000", Anatomical Structure]
-      type: {scheme: SCT, value: "5001000", meaning: Hippocampus}
+      type: {scheme: SCT, value: "5366008", meaning: Hippocampus}
 
 Classes not in the map get 3D Slicer's generic default, SCT 85756007 "Tissue" for both.
 """

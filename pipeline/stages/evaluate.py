@@ -6,12 +6,14 @@ import logging
 import sys
 
 from pipeline.config import stage_args
+from pipeline.core.dicom import set_series_rule
 from pipeline.evaluation.evaluator import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _, cfg = stage_args(__doc__, argv)
+    set_series_rule(cfg.data.dicom)  # which series of a DICOM-folder scan
     evaluate(cfg)
     return 0
 

@@ -11,6 +11,7 @@ import sys
 
 from pipeline.config import stage_args
 from pipeline.core.dataset import read_dataset
+from pipeline.core.dicom import set_series_rule
 from pipeline.core.validation import validate_or_exit
 from pipeline.preprocessing.preprocessor import plan_dataset, preprocess_dataset
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args, cfg = stage_args(__doc__, argv)
     cfg_path = args.config
+    set_series_rule(cfg.data.dicom)  # which series of a DICOM-folder scan
     info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
     p = cfg.preprocess
     if p.workers < 1 or p.foreground_samples < 1:
