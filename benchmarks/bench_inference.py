@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.core.dataset import Case  # noqa: E402
 from pipeline.inference.model_folder import save_model_folder  # noqa: E402
-from pipeline.inference.predictor import Predictor, WindowPredictor, build_inferer  # noqa: E402
+from pipeline.inference.predictor import Predictor  # noqa: E402
+from pipeline.inference.windows import WindowPredictor, build_inferer  # noqa: E402
 from pipeline.networks.factory import build_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

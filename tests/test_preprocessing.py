@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 
 from pipeline.config import PreprocessConfig
 from pipeline.core.dataset import read_dataset
+from pipeline.core.geometry import mapping_from_record, resample_to_native
 from pipeline.preprocessing.preprocessor import (
     CASES_FILE,
     PLANS_FILE,
@@ -26,7 +27,6 @@ from pipeline.preprocessing.preprocessor import (
     plan_dataset,
     preprocess_dataset,
     read_case_meta,
-    to_original_grid,
 )
 from pipeline.preprocessing.transforms import preprocessing
 from pipeline.stages import preprocess
@@ -35,6 +35,12 @@ LESIONS = SHARED_DATA / "pyradiomics_lesions"
 HIPPOCAMPUS = SHARED_DATA / "msd_hippocampus"
 # float32 and uint8 images, and the two float32 label files
 HIPPOCAMPUS_SUBSET = ("hippocampus_003", "hippocampus_004", "hippocampus_033", "hippocampus_070", "hippocampus_243")
+
+
+def to_original_grid(label: np.ndarray, geometry: dict) -> np.ndarray:
+    """A preprocessed label map back on the scan's grid by the one native mapping (one-hot, arg-max)."""
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(label, dtype=torch.long)).permute(3, 0, 1, 2).float()
+    return resample_to_native(onehot, mapping_from_record(geometry))[0]
 
 
 def run_stage(tmp: Path, root: Path, workers: int = 2, **preprocess_cfg: object) -> Path:
@@ -105,7 +111,7 @@ def test_lesion_volumes_keep_their_physical_extent(lesions: Path, case_id: str) 
     assert ml == pytest.approx(ml0, rel=0.15)
 
     # and the geometry record puts it back on the scan's own grid
-    back = to_original_grid(label[0], geo, order=0)
+    back = to_original_grid(label[0], geo)
     assert back.shape == raw_label.shape
     dice = 2 * np.sum((back > 0) & (raw_label > 0)) / (np.sum(back > 0) + np.sum(raw_label > 0))
     assert dice > 0.95
@@ -143,7 +149,7 @@ def test_hippocampus_subset_round_trips_exactly(tmp_path: Path) -> None:
         image = np.load(out / "images" / f"{cid}.npy")
         assert image.dtype == np.float32 and abs(image.mean()) < 1e-4 and image.std() == pytest.approx(1, abs=1e-3)
         raw = np.rint(np.asarray(nib.load(HIPPOCAMPUS / "labelsTr" / f"{cid}.nii.gz").dataobj)).astype(np.uint8)
-        back = to_original_grid(np.load(out / "labels" / f"{cid}.npy")[0], geo, order=0)
+        back = to_original_grid(np.load(out / "labels" / f"{cid}.npy")[0], geo)
         np.testing.assert_array_equal(back, raw)
 
 

@@ -14,26 +14,24 @@ looks complete. A rerun skips every case whose marker matches the current plan a
 files (size and modification time) and whose outputs are present with the recorded sizes, and removes
 temporary files a killed run left behind.
 
-The geometry record (``meta/<id>.json`` -> ``geometry``) holds what puts a prediction back on the scan's
-own grid: original shape, affine and orientation, the RAS resampled shape, the crop box and the final
-affine; :func:`to_original_grid` does it.
+The geometry record (``meta/<id>.json`` -> ``geometry``, :func:`pipeline.core.geometry.geometry_record`) holds
+what puts a prediction back on the scan's own grid: original shape, affine and orientation, the RAS resampled
+shape, the crop box and the final affine (:func:`pipeline.core.geometry.mapping_from_record`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from pipeline.config import PreprocessConfig
 from pipeline.core import io
 from pipeline.core.dataset import Case, DatasetInfo
+from pipeline.core.geometry import geometry_record
 from pipeline.core.parallel import run_pool
 from pipeline.preprocessing.fingerprint import fingerprint_dataset, source_key
 from pipeline.preprocessing.plan import Plan
@@ -49,7 +47,6 @@ __all__ = [
     "preprocess_case",
     "preprocess_dataset",
     "read_case_meta",
-    "to_original_grid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,51 +64,6 @@ def case_data(case: Case) -> dict:
     if case.label is not None:
         data["label"] = str(case.label)
     return data
-
-
-def _geometry(image: object) -> dict:
-    """Geometry record of a preprocessed MetaTensor (see the module docstring)."""
-    meta = image.meta  # type: ignore[attr-defined]
-    original_affine = np.asarray(meta["original_affine"], dtype=np.float64)
-    crop = next((op for op in image.applied_operations if "cropped" in op.get("extra_info", {})), None)  # type: ignore[attr-defined]
-    shape = [int(s) for s in image.shape[1:]]  # type: ignore[attr-defined]
-    if crop is not None:
-        cut = [int(c) for c in crop["extra_info"]["cropped"]]
-        start, end = cut[0::2], cut[1::2]
-        resampled = [int(s) for s in crop["orig_size"]]
-    else:
-        start, end, resampled = [0, 0, 0], [0, 0, 0], shape
-    affine = np.asarray(image.affine, dtype=np.float64)  # type: ignore[attr-defined]
-    return {
-        "original_shape": [int(s) for s in meta["spatial_shape"]],
-        "original_affine": original_affine.tolist(),
-        "original_orientation": "".join(nib.aff2axcodes(original_affine)),
-        "original_spacing": np.linalg.norm(original_affine[:3, :3], axis=0).tolist(),
-        "resampled_shape": resampled,
-        "crop_start": start,
-        "crop_end": end,
-        "shape": shape,
-        "affine": affine.tolist(),
-        "spacing": np.linalg.norm(affine[:3, :3], axis=0).tolist(),
-    }
-
-
-def to_original_grid(array: np.ndarray, geometry: Mapping, order: int = 0, cval: float = 0.0) -> np.ndarray:
-    """An (X', Y', Z') array on the preprocessed grid, resampled onto the scan's own voxel grid.
-
-    Undoes crop, resampling and reorientation in one step through the two affines of ``geometry``
-    (``order`` 0 for labels); voxels outside the crop box get ``cval``.
-    """
-    to_pre = np.linalg.inv(np.asarray(geometry["affine"])) @ np.asarray(geometry["original_affine"])
-    return ndimage.affine_transform(
-        np.asarray(array),
-        to_pre[:3, :3],
-        offset=to_pre[:3, 3],
-        output_shape=tuple(int(s) for s in geometry["original_shape"]),
-        order=order,
-        mode="constant",
-        cval=cval,
-    )
 
 
 _CHAINS: dict[tuple[str, bool], object] = {}
@@ -148,7 +100,7 @@ def preprocess_case(case: Case, plan: Plan, out_dir: str | Path) -> dict:
         "source_key": source_key(case),
         "files": {k: {"path": v, "bytes": (out_dir / v).stat().st_size} for k, v in files.items()},
         "row": row,
-        "geometry": _geometry(out["image"]),
+        "geometry": geometry_record(out["image"]),
     }
     io.write_json(out_dir / META_DIR / f"{case.case_id}.json", marker)
     return row

@@ -13,7 +13,7 @@ from monai.inferers import Inferer
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.utils.data import DataLoader
 
-from pipeline.inference.predictor import predict_probabilities
+from pipeline.inference.windows import predict_probabilities
 from pipeline.sampling.augment import BatchAugment
 from pipeline.sampling.patches import PatchBatches
 

@@ -30,7 +30,7 @@ from pipeline.core import io
 from pipeline.evaluation.tracking import environment_tags, run
 from pipeline.inference.mlflow_model import log_model_folder
 from pipeline.inference.model_folder import save_model_folder
-from pipeline.inference.predictor import build_inferer
+from pipeline.inference.windows import build_inferer
 from pipeline.networks.factory import build_model, count_parameters
 from pipeline.preprocessing.preprocessor import load_plan
 from pipeline.sampling.augment import BatchAugment, window_dims

@@ -1,4 +1,4 @@
-"""Inference: geometry round trip on oblique anisotropic scans, memory modes, TTA, post-processing, model folders."""
+"""Predictor: oblique anisotropic scans come back in place, memory modes, TTA, post-processing, model folders."""
 
 from __future__ import annotations
 
@@ -23,16 +23,7 @@ from pipeline.inference.model_folder import (
     save_model_folder,
     sha256,
 )
-from pipeline.inference.predictor import (
-    Predictor,
-    UnreadableScanError,
-    WindowPredictor,
-    build_inferer,
-    keep_largest_component,
-    mirror_axes,
-    predict_probabilities,
-    save_probabilities,
-)
+from pipeline.inference.predictor import Predictor, UnreadableScanError, save_probabilities
 from pipeline.networks.factory import build_model
 
 LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyradiomics_lesions"
@@ -140,28 +131,6 @@ def test_oblique_anisotropic_shape_comes_back_in_place(scan, tmp_path: Path, dim
     assert all(dice(np.flip(pred, a), truth) < 0.5 for a in range(3))
 
 
-@pytest.mark.parametrize("dims", [2, 3])
-def test_streaming_inverse_matches_monai_invertd(scan, dims: int) -> None:
-    """The tiled one-step inverse gives what MONAI's Invertd (un-crop, resample, reorient) gives."""
-    path, _ = scan
-    case = Case("oblique", (path,))
-    streaming = threshold_predictor(path, dims).predict(case, probabilities=True)
-    reference = threshold_predictor(path, dims, inverse="invertd").predict(case, probabilities=True)
-    assert (streaming.labels != reference.labels).sum() <= 2
-    assert np.abs(streaming.probabilities.astype(int) - reference.probabilities).max() <= 1
-
-
-@pytest.mark.skipif(not LESIONS.is_dir(), reason="shared lesion data not available")
-def test_streaming_inverse_matches_invertd_on_a_real_scan(tmp_path: Path) -> None:
-    """A random network gives many label boundaries everywhere, including the scan's edges and crop sides."""
-    folder, image = _folder(tmp_path), LESIONS / "breast1_image.nii.gz"
-    streaming = Predictor(folder, "cpu").predict(Case("breast1", (image,)), probabilities=True)
-    reference = Predictor(folder, "cpu", inverse="invertd").predict(Case("breast1", (image,)), probabilities=True)
-    assert 0 < streaming.labels.sum() < streaming.labels.size
-    assert (streaming.labels != reference.labels).mean() < 1e-4
-    assert np.abs(streaming.probabilities.astype(int) - reference.probabilities).max() <= 1
-
-
 def test_half_precision_matches_float32(scan) -> None:
     path, _ = scan
     case = Case("oblique", (path,))
@@ -188,18 +157,6 @@ def test_probabilities_are_consistent_and_saved_on_the_scan_grid(scan, tmp_path:
     assert values.min() >= 0 and values.max() <= 1.0 + 1e-6
 
 
-def test_keep_largest_component_per_class() -> None:
-    labels = np.zeros((12, 12, 12), dtype=np.uint8)
-    labels[1:4, 1:4, 1:4] = 1  # 27 voxels
-    labels[8:10, 8:10, 8:10] = 1  # 8 voxels: removed
-    labels[4, 4, 4] = 1  # touches the big one diagonally: kept (26-connectivity)
-    labels[6:8, 0:2, 0:2] = 2  # 8 voxels
-    labels[0, 10, 10] = 2  # removed
-    out = keep_largest_component(labels.copy(), [1, 2])
-    assert (out == 1).sum() == 28 and out[4, 4, 4] == 1 and out[9, 9, 9] == 0
-    assert (out == 2).sum() == 8 and out[0, 10, 10] == 0
-
-
 def test_predictor_keeps_largest_component(tmp_path: Path) -> None:
     small = (CENTRE + np.array([-18.0, 12.0, -10.0]), np.array([6.0, 6.0, 8.0]))
     path = tmp_path / "two.nii.gz"
@@ -212,18 +169,6 @@ def test_predictor_keeps_largest_component(tmp_path: Path) -> None:
     assert dice(largest == 1, big_only) > 0.95 and (largest == 1).sum() < (both == 1).sum()
 
 
-def test_mirroring_averages_flipped_windows() -> None:
-    assert len(mirror_axes(2)) == 3 and len(mirror_axes(3)) == 7
-    assert mirror_axes(3, (0,)) == [(2,)] and mirror_axes(3, (0, 2)) == [(2,), (4,), (2, 4)]
-    torch.manual_seed(0)
-    net = torch.nn.Conv3d(1, 3, 3, padding=1)
-    x = torch.randn(2, 1, 8, 6, 4)
-    out = WindowPredictor(net, mirror_axes(3))(x)
-    ref = sum(torch.flip(torch.softmax(net(torch.flip(x, d)), 1), d) for d in [(), *mirror_axes(3)]) / 8
-    assert torch.allclose(out, ref, atol=1e-6)
-    assert WindowPredictor(net)(x.half()).dtype == torch.float16
-
-
 @pytest.mark.parametrize(
     ("dims", "axes", "expected"),
     [(3, None, 7), (3, [0], [(2,)]), (2, [0, 2], [(2,)]), (2, [1], [(3,)])],
@@ -233,13 +178,6 @@ def test_predictor_mirrors_the_configured_volume_axes(dims: int, axes, expected)
     mirror = Predictor(model=Threshold(), meta=meta, device="cpu").mirror
     assert (len(mirror) == expected) if isinstance(expected, int) else (mirror == expected)
     assert Predictor(model=Threshold(), meta=meta, device="cpu", mirror_tta=False).mirror == []
-
-
-def test_predict_probabilities_for_validation_sums_to_one() -> None:
-    net = build_model("monai_unet", 2, 1, 3, base_width=4, depth=2).eval()
-    inferer = build_inferer(2, (16, 16), slice_axis=2, overlap=0.25, sw_batch_size=4)
-    probs = predict_probabilities(net, torch.randn(1, 1, 20, 24, 5), inferer)
-    assert probs.shape == (1, 3, 20, 24, 5) and torch.allclose(probs.sum(1), torch.ones(1, 20, 24, 5), atol=1e-4)
 
 
 def test_nrrd_scan_is_predicted_in_place_and_written_with_its_geometry(scan, tmp_path: Path) -> None:
