@@ -25,12 +25,14 @@ from tqdm import tqdm
 from pipeline.config import Config, EvaluateConfig, to_dict
 from pipeline.core import io
 from pipeline.core.dataset import Case, read_dataset
+from pipeline.core.labels import to_classes
 from pipeline.core.readers import read_array
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
 from pipeline.evaluation.lineage import lineage_tags
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 from pipeline.evaluation.report import Overlay, case_ranking, pick_cases, write_report
 from pipeline.evaluation.tracking import run
+from pipeline.inference.masks import save_mask
 from pipeline.inference.model_folder import sha256
 from pipeline.inference.predictor import Predictor
 from pipeline.sampling.locations import read_samples
@@ -65,16 +67,18 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     if predictor is None:
         predictor = Predictor(cfg.train.out_dir)
     labels = {int(k): v for k, v in predictor.meta["labels"].items()}
+    values = tuple(predictor.meta.get("plan", {}).get("label_values") or ())  # stored value of each class
     policy = empty_policy(e)
+    written: dict[str, Path] = {}
     rows = []
     for case in tqdm(cases, desc="evaluate", unit="case"):
         t0 = time.monotonic()
         pred, reference = predictor.predict_case(case)
         seconds = time.monotonic() - t0
-        io.save_like(pred, reference, Path(e.predictions_dir) / f"{case.case_id}.nii.gz")
-        ref_img = nib.load(str(case.label))
-        ref = np.rint(np.asanyarray(ref_img.dataobj)).astype(np.int16)
-        spacing = [float(z) for z in ref_img.header.get_zooms()[:3]]
+        written[case.case_id] = save_mask(pred, reference, case.images[0], e.predictions_dir, case.case_id, values)
+        ref_data, ref_header = read_array(case.label)
+        ref = to_classes(ref_data, values).reshape(pred.shape)
+        spacing = [float(z) for z in ref_header.spacing[:3]]
         provenance = {
             "case_id": case.case_id,
             "image_file": case.images[0].name,
@@ -93,7 +97,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
     by_id = {c.case_id: c for c in cases}
     overlays = (  # a generator: the report draws one case at a time
-        load_overlay(by_id[cid], Path(e.predictions_dir) / f"{cid}.nii.gz", role, float(ranking[cid]))
+        load_overlay(by_id[cid], written[cid], role, float(ranking[cid]), values)
         for role, cid in pick_cases(per_case).items()
     )
     write_results(
@@ -162,14 +166,17 @@ def _to_ras(arrays: Sequence[np.ndarray], affine: np.ndarray, zooms: Sequence[fl
     return out, tuple(spacing)
 
 
-def load_overlay(case: Case, prediction_file: Path, role: str, mean_dice: float) -> Overlay:
-    """Image (first channel), reference and saved prediction of one case (any readable format), reoriented to RAS."""
+def load_overlay(
+    case: Case, prediction_file: Path, role: str, mean_dice: float, label_values: Sequence[float] = ()
+) -> Overlay:
+    """Image (first channel), reference and saved prediction of one case (any readable format), reoriented to
+    RAS; masks stored with ``label_values`` are shown as classes."""
     image, header = read_array(case.images[0])
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 4:
         image = image[..., 0]
-    reference = np.rint(np.asarray(read_array(case.label)[0])).astype(np.int16)
-    prediction = np.rint(np.asarray(read_array(prediction_file)[0])).astype(np.int16)
+    reference = to_classes(read_array(case.label)[0], label_values).reshape(image.shape)
+    prediction = to_classes(read_array(prediction_file)[0], label_values).reshape(image.shape)
     (image, reference, prediction), spacing = _to_ras([image, reference, prediction], header.affine, header.spacing)
     return Overlay(role, case.case_id, image, reference, prediction, spacing, mean_dice)
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.core import io
 from pipeline.core.dataset import Case, DatasetInfo
+from pipeline.core.labels import to_classes
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import read_array
 
@@ -63,8 +64,12 @@ def _bbox_shape(mask: np.ndarray) -> list[int]:
     return shape
 
 
-def fingerprint_case(case: Case, labels: Sequence[int], samples_per_case: int = 10_000) -> tuple[dict, np.ndarray]:
-    """One row of the fingerprint table and the foreground intensity samples, (C, n) float32."""
+def fingerprint_case(
+    case: Case, labels: Sequence[int], samples_per_case: int = 10_000, label_values: Sequence[int] = ()
+) -> tuple[dict, np.ndarray]:
+    """One row of the fingerprint table and the foreground intensity samples, (C, n) float32.
+
+    ``labels`` are the classes, ``label_values`` their stored values (see :mod:`pipeline.core.labels`)."""
     image, affine, dtype = _read_channels(case)
     spatial = image.shape[1:]
     ornt = nib.orientations.io_orientation(affine)
@@ -88,7 +93,7 @@ def fingerprint_case(case: Case, labels: Sequence[int], samples_per_case: int = 
     foreground = np.zeros(spatial, dtype=bool)
     if case.label is not None:
         label, _ = read_array(case.label)
-        label = np.rint(np.asarray(label)).astype(np.int64).reshape(spatial)
+        label = to_classes(label, label_values, np.int64).reshape(spatial)
         counts = np.bincount(np.clip(label, 0, None).ravel(), minlength=max(labels, default=0) + 1)
         for k in labels:
             if k:
@@ -119,7 +124,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _fingerprint_job(args: tuple[Case, tuple[int, ...], int]) -> tuple[dict, np.ndarray]:
+def _fingerprint_job(args: tuple[Case, tuple[int, ...], int, tuple[int, ...]]) -> tuple[dict, np.ndarray]:
     return fingerprint_case(*args)
 
 
@@ -147,7 +152,7 @@ def fingerprint_dataset(
         if old is not None and case.case_id in cached_samples and old.get("source_key") == source_key(case):
             rows[case.case_id], samples[case.case_id] = old, cached_samples[case.case_id]
         else:
-            todo.append((case, labels, samples_per_case))
+            todo.append((case, labels, samples_per_case, tuple(info.label_values)))
     if cached_rows:
         logger.info("fingerprint: %d case(s) unchanged, %d to read", len(rows), len(todo))
     for row, s in run_pool(_fingerprint_job, todo, workers, "fingerprint"):

@@ -40,6 +40,7 @@ class Plan:
     label_interp: str = "nearest"  # nearest | linear (one-hot linear, then arg-max)
     configurations: dict = field(default_factory=dict)  # "2d"/"3d": patch_size, pool_per_axis, depth, ...
     fingerprint: dict = field(default_factory=dict)  # dataset summary the plan came from (informational)
+    label_values: tuple[int, ...] = ()  # stored label value of each class (empty: 0..K-1), see core/labels
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +58,8 @@ class Plan:
             "slow_axis_interp": self.slow_axis_interp,
             "label_interp": self.label_interp,
             "num_classes": self.num_classes,
+            "channels": len(self.intensity) or None,
+            "label_values": list(self.label_values),
         }
 
     def volume_hash(self) -> str:
@@ -78,6 +81,7 @@ class Plan:
             "label_interp": self.label_interp,
             "configurations": self.configurations,
             "fingerprint": self.fingerprint,
+            "label_values": list(self.label_values),
         }
 
     @classmethod
@@ -96,6 +100,7 @@ class Plan:
             label_interp=d.get("label_interp", "nearest"),
             configurations=dict(d.get("configurations") or {}),
             fingerprint=dict(d.get("fingerprint") or {}),
+            label_values=tuple(int(v) for v in d.get("label_values") or ()),
         )
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.config import PreprocessConfig
 from pipeline.core.dataset import DatasetInfo
+from pipeline.core.image2d import match_channels
 from pipeline.preprocessing.fingerprint import intensity_statistics
 from pipeline.preprocessing.plan import Plan
 
@@ -181,8 +182,12 @@ def make_plan(
     """The plan from the fingerprint; every value set in ``cfg`` wins over the planned one."""
     planned, slow = plan_spacing(fingerprints, cfg.anisotropy_threshold, cfg.anisotropic_percentile)
     spacing = tuple(float(s) for s in cfg.target_spacing) if cfg.target_spacing else planned
+    if info.modalities_declared:  # 2D pictures of a grey dataset stored as RGB become grey, and back
+        n_channels = len(info.modalities)
+    else:
+        n_channels = int(fingerprints["channels"].max()) if "channels" in fingerprints else max(len(info.modalities), 1)
+    samples = {k: match_channels(v, n_channels) if v.shape[0] != n_channels else v for k, v in samples.items()}
     stats = intensity_statistics(samples, cfg.ct_clip)
-    n_channels = int(fingerprints["channels"].max()) if "channels" in fingerprints else max(len(info.modalities), 1)
     intensity = plan_normalization(info.modalities, n_channels, stats, cfg.normalization, cfg.ct_clip, cfg.ct_mean_std)
     schemes = {c["scheme"] for c in intensity}
     normalization = schemes.pop() if len(schemes) == 1 else "mixed"
@@ -235,6 +240,7 @@ def make_plan(
         label_interp=cfg.label_interp,
         configurations={"2d": conf2, "3d": conf3},
         fingerprint=summary,
+        label_values=tuple(info.label_values),
     )
     logger.info(
         "plan: spacing %s (slow axis %s), normalisation %s, 3d patch %s depth %d, 2d patch %s depth %d",

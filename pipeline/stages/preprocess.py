@@ -12,6 +12,7 @@ import sys
 from pipeline.config import stage_args
 from pipeline.core.dataset import read_dataset
 from pipeline.core.dicom import set_series_rule
+from pipeline.core.labels import resolve_labels
 from pipeline.core.validation import validate_or_exit
 from pipeline.preprocessing.preprocessor import plan_dataset, preprocess_dataset
 
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = stage_args(__doc__, argv)
     cfg_path = args.config
     set_series_rule(cfg.data.dicom)  # which series of a DICOM-folder scan
-    info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
+    info, label_problems = resolve_labels(read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest))
+    if label_problems:
+        raise SystemExit("\n".join(f"{file}: {problem}" for file, problem in label_problems))
     p = cfg.preprocess
     if p.workers < 1 or p.foreground_samples < 1:
         raise SystemExit(

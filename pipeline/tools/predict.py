@@ -2,9 +2,11 @@
 
     python -m pipeline.tools.predict --model models/model --input scans/ --output predictions/
 
-``--input`` is one scan or a folder of scans (.nii, .nii.gz, .nrrd, .mha, .mhd). Each scan gets
-``<output>/<case>.nii.gz``: integer labels on exactly the scan's voxel grid, with its affine (sform and
-qform with their codes), so it opens aligned with the scan in ITK-SNAP or 3D Slicer. With
+``--input`` is one scan or a folder of scans (.nii, .nii.gz, .nrrd, .mha, .mhd; 2D pictures .png, .jpg,
+.tif, .bmp, .gif; per-channel files ``<case>_0000``, ``<case>_0001``, ... are grouped by case). Each scan gets
+``<output>/<case>.nii.gz``: integer labels (the dataset's declared label values) on exactly the scan's voxel
+grid, with its affine (sform and qform with their codes), so it opens aligned with the scan in ITK-SNAP or
+3D Slicer; a 2D picture gets ``<output>/<case>.png`` of its own size. With
 ``--probabilities`` also ``<case>_probabilities.nii.gz`` (one volume per class, values in [0, 1]).
 A scan that cannot be read is reported and skipped; the exit code is 1 if any scan failed, 2 if the
 model folder or the input cannot be used.
@@ -22,8 +24,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.core import io
 from pipeline.core.dataset import IMAGE_SUFFIXES, Case, strip_suffix
+from pipeline.inference.masks import mask_name, save_mask
 from pipeline.inference.model_folder import ModelFolderError
 from pipeline.inference.predictor import Predictor, UnreadableScanError, save_probabilities
 
@@ -72,7 +74,7 @@ def check_outputs(cases: list[Case], output: Path) -> None:
                 f"{case.images[0]} and {seen[case.case_id]} would both be written as {case.case_id}.nii.gz"
             )
         seen[case.case_id] = case.images[0]
-        for name in (f"{case.case_id}.nii.gz", f"{case.case_id}_probabilities.nii.gz"):
+        for name in (mask_name(case.case_id, case.images[0]), f"{case.case_id}_probabilities.nii.gz"):
             if (output / name).resolve() in inputs:
                 raise ValueError(f"{output / name}: the output would overwrite an input scan; choose another --output")
 
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     inf = predictor.meta.get("inference", {})
     with_probs = inf.get("save_probabilities", False) if args.probabilities is None else args.probabilities
+    values = tuple(predictor.meta["plan"].get("label_values") or ())  # masks keep the dataset's label values
     logger.info(
         "%d scan(s); model %s (%dD, %s), mirroring %s, largest component %s, device %s, %d threads",
         len(cases),
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in tqdm(cases, desc="predict", unit="scan"):
         try:
             pred = predictor.predict(case, probabilities=with_probs)
-            out = io.save_like(pred.labels, pred.reference, args.output / f"{case.case_id}.nii.gz")
+            out = save_mask(pred.labels, pred.reference, case.images[0], args.output, case.case_id, values)
             if pred.probabilities is not None:
                 save_probabilities(
                     pred.probabilities, pred.reference, args.output / f"{case.case_id}_probabilities.nii.gz"
