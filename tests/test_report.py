@@ -115,6 +115,16 @@ def test_report_without_log_or_overlays(study: dict) -> None:
     assert len(IMG_RE.findall(text)) == 1  # the metric distributions only
 
 
+def test_report_of_2d_pictures_says_pixels_and_draws_the_picture(study: dict) -> None:
+    image, ref, pred = (a[:, :, 2] for a in _volume(np.random.default_rng(1), 1))
+    picture = Overlay("best", "photo", image, ref, pred, (1.0, 1.0), 0.9, picture=True)
+    summary = {**study["summary"], "physical_spacing": False}
+    text = build_report(study["per_case"], summary, overlays=[picture], class_names=LABELS)
+    assert "no physical spacing" in text and "in pixels" in text
+    assert len(IMG_RE.findall(text)) == 2  # metric distributions + the picture
+    assert "in pixels" not in _report(study)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium not installed (CI installs it in .ci/run: apt-get install chromium)"

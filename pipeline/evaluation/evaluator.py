@@ -70,6 +70,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     values = tuple(predictor.meta.get("plan", {}).get("label_values") or ())  # stored value of each class
     policy = empty_policy(e)
     written: dict[str, Path] = {}
+    pictures = []  # per case: a 2D picture without physical spacing
     rows = []
     for case in tqdm(cases, desc="evaluate", unit="case"):
         t0 = time.monotonic()
@@ -79,6 +80,10 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
         ref_data, ref_header = read_array(case.label)
         ref = to_classes(ref_data, values).reshape(pred.shape)
         spacing = [float(z) for z in ref_header.spacing[:3]]
+        pictures.append(not ref_header.physical_spacing)
+        scored = pred
+        if pictures[-1] and pred.ndim == 3 and pred.shape[2] == 1:  # 2D metrics (contours, not slabs), in pixels
+            scored, ref, spacing = pred[..., 0], ref[..., 0], spacing[:2]
         provenance = {
             "case_id": case.case_id,
             "image_file": case.images[0].name,
@@ -87,11 +92,12 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
             "label_sha256": sha256(case.label),
             "predict_seconds": round(seconds, 3),
         }
-        for m in case_metrics(pred, ref, spacing, labels, e.nsd_tolerance_mm, policy):
+        for m in case_metrics(scored, ref, spacing, labels, e.nsd_tolerance_mm, policy):
             rows.append({**provenance, **m})
     per_case = pd.DataFrame(rows)
     summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=policy)
     summary["n_cases"] = len(cases)
+    summary["physical_spacing"] = not any(pictures)  # False: distances in pixels (see the report)
     metrics_dir = Path(e.metrics_dir)
     tags = lineage_tags(cfg, device=str(predictor.device), model_meta=predictor.meta)
     ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
@@ -177,6 +183,9 @@ def load_overlay(
         image = image[..., 0]
     reference = to_classes(read_array(case.label)[0], label_values).reshape(image.shape)
     prediction = to_classes(read_array(prediction_file)[0], label_values).reshape(image.shape)
+    if not header.physical_spacing and image.ndim == 3 and image.shape[2] == 1:  # a 2D picture, drawn as one
+        pixels = (image[..., 0], reference[..., 0], prediction[..., 0])
+        return Overlay(role, case.case_id, *pixels, (1.0, 1.0), mean_dice, picture=True)
     (image, reference, prediction), spacing = _to_ras([image, reference, prediction], header.affine, header.spacing)
     return Overlay(role, case.case_id, image, reference, prediction, spacing, mean_dice)
 

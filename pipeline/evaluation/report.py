@@ -61,7 +61,8 @@ details summary { cursor: pointer; font-weight: 600; }
 class Overlay:
     """One case to draw: image, reference and prediction on the same voxel grid (2D or 3D).
 
-    ``role`` is e.g. ``"best"``; ``spacing`` the voxel size per axis in mm (sets the aspect ratio).
+    ``role`` is e.g. ``"best"``; ``spacing`` the voxel size per axis in mm (sets the aspect ratio);
+    ``picture``: a 2D picture (x = column, y = row, no physical spacing), drawn the right way up.
     """
 
     role: str
@@ -71,6 +72,7 @@ class Overlay:
     prediction: np.ndarray
     spacing: tuple[float, ...]
     mean_dice: float = math.nan
+    picture: bool = False
 
 
 # ---------------------------------------------------------------- case selection
@@ -250,7 +252,7 @@ def overlay_png(overlay: Overlay, class_names: Mapping[int, str], n_slices: int 
             cmap="gray",
             vmin=vmin,
             vmax=vmax,
-            origin="lower",
+            origin="upper" if overlay.picture else "lower",
             aspect=spacing[row_axis] / spacing[col_axis],
             interpolation="nearest",
         )
@@ -259,7 +261,7 @@ def overlay_png(overlay: Overlay, class_names: Mapping[int, str], n_slices: int 
             for mask, style in ((ref2d == c, "solid"), (pred2d == c, "dashed")):
                 if mask.any() and not mask.all():
                     ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.4)
-        ax.set_title(f"slice {k} (axis {axis})", fontsize=9)
+        ax.set_title("2D image (no physical spacing)" if overlay.picture else f"slice {k} (axis {axis})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [
@@ -400,6 +402,11 @@ def build_report(
         pairs = per_case[["class_index", "class_name"]].drop_duplicates() if "class_index" in per_case else None
         class_names = {int(i): str(n) for i, n in pairs.itertuples(index=False)} if pairs is not None else {}
     sections = [f"<h1>{_e(title)}</h1>", _summary_section(summary)]
+    if summary.get("physical_spacing") is False:
+        sections.append(
+            '<p class="note">The images are 2D pictures with no physical spacing: HD95, ASSD and the NSD '
+            "tolerance are in pixels (labelled mm), volumes in thousands of pixels (labelled mL).</p>"
+        )
 
     sections.append("<h2>Learning curves</h2>")
     if train_log is not None and not train_log.empty:
