@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import torch.distributed as dist
-
 from pipeline.config import ConfigError, stage_args
+from pipeline.training.distributed import shutdown
 from pipeline.training.trainer import train
 
 
@@ -23,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         raise ConfigError(f"{args.config}: {err}") from None
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Stage: train a UNet on the sampled cases; keep the best model folder by validation Dice.
+"""Training: a network on the sampled cases; the model folder keeps the best epoch by validation Dice.
+
+The steps: :func:`setup` (settings, process group, data, model, :func:`resume` from a checkpoint),
+:func:`run_epoch` (train, validate when due), :func:`record_epoch` (best model folder, checkpoint),
+:func:`finish` (model folder, log, MLflow); :func:`train` runs them.
 
 With no validation cases (``sample.fold: all``) the model folder holds the last epoch.
 
@@ -10,32 +14,33 @@ written atomically every epoch; if the stage is killed, running it again resumes
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from monai.utils import set_determinism
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.config import Config, ConfigError, flatten, to_dict
 from pipeline.core import io
-from pipeline.evaluation.tracking import environment_tags, run
+from pipeline.evaluation.tracking import Tracker, environment_tags, run
 from pipeline.inference.mlflow_model import log_model_folder
 from pipeline.inference.model_folder import save_model_folder
 from pipeline.inference.windows import build_inferer
 from pipeline.networks.factory import build_model, count_parameters
+from pipeline.preprocessing.plan import Plan
 from pipeline.preprocessing.preprocessor import load_plan
 from pipeline.sampling.augment import BatchAugment, window_dims
 from pipeline.sampling.locations import load_locations, read_samples
 from pipeline.sampling.patches import class_ratios
+from pipeline.training.checkpoint import CHECKPOINT, config_hash, read_checkpoint, save_checkpoint
+from pipeline.training.distributed import barrier, broadcast_flag, init_distributed
 from pipeline.training.engine import (
     epoch_loader,
     epoch_seed,
@@ -50,7 +55,7 @@ from pipeline.training.engine import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "last.pt"
+__all__ = ["CHECKPOINT", "Session", "finish", "load_volumes", "record_epoch", "run_epoch", "setup", "train"]
 
 
 def load_volumes(
@@ -80,61 +85,55 @@ def load_volumes(
     return vols
 
 
-def config_hash(cfg: Config) -> str:
-    """What a checkpoint must match to be resumed: the sample and train blocks."""
-    relevant = {"sample": to_dict(cfg.sample), "train": to_dict(cfg.train)}
-    for key in ("threads", "num_workers", "cache_gb"):  # do not change results
-        relevant["train"].pop(key)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+def _nbytes(vols: list[dict]) -> int:
+    return sum(v["image"].nbytes + v["label"].nbytes for v in vols if not isinstance(v["image"], np.memmap))
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Rank, world size and device; starts a process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world, device
+@dataclass
+class Session:
+    """One training run: where it runs, its data, its model and optimiser, and how far it got."""
+
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    threads: int
+    plan: Plan
+    train_vols: list[dict]
+    val_vols: list[dict]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    layout: torch.memory_format
+    ckpt_path: Path
+    chash: str
+    net: torch.nn.Module | None = None  # the model, wrapped for DDP when world > 1
+    parts: dict = field(default_factory=dict)  # loss, augment, inferer, ratios, patch_slice_axis, flip_dims
+    meta: dict = field(default_factory=dict)  # model.json entries of the model folder
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"dice": -1.0, "epoch": -1})
+    best_state: dict | None = None
+    start_epoch: int = 0
+    elapsed_before: float = 0.0
+    run_id: str | None = None
+    resumed: bool = False
+
+    @property
+    def main_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.plan.num_classes
 
 
-def read_checkpoint(path: Path, expected_hash: str) -> dict | None:
-    """The checkpoint of an unfinished run with the same settings, else None."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is ignored, training starts over
-        logger.warning("%s: unreadable checkpoint (%s): starting from scratch", path, err)
-        return None
-    if state.get("config_hash") != expected_hash:
-        logger.info("%s: made with other settings: starting from scratch", path)
-        return None
-    if state.get("complete"):
-        logger.info("%s: previous run completed: starting from scratch", path)
-        return None
-    return state
-
-
-def _bcast_flag(flag: bool) -> bool:
-    t = torch.tensor([int(flag)])
-    if dist.is_initialized():
-        dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-def train(cfg: Config) -> dict:
-    """Run (or resume) the whole training; returns the best epoch, best Dice and the MLflow run id."""
+def setup(cfg: Config) -> Session:
+    """Check the settings, start the process group, load the data, build the model; resume if a checkpoint says so."""
     t_cfg, s_cfg = cfg.train, cfg.sample
     flip_dims = window_dims(t_cfg.flip_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.flip_axes")
-    mirror_axes = t_cfg.inference.mirror_axes  # checked now, not at the first prediction
-    window_dims(mirror_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.inference.mirror_axes")
+    # checked now, not at the first prediction
+    window_dims(t_cfg.inference.mirror_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.inference.mirror_axes")
     rank, world, device = init_distributed()
-    main_rank = rank == 0
     threads = t_cfg.threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     set_determinism(seed=t_cfg.seed)
@@ -146,15 +145,12 @@ def train(cfg: Config) -> dict:
     samples = read_samples(samples_dir)
     train_ids = samples.loc[samples.split == "train", "case_id"].tolist()
     val_ids = samples.loc[samples.split == "val", "case_id"].tolist()
-    k = plan.num_classes
-    budget = t_cfg.cache_gb * 2**30
+    k, budget = plan.num_classes, t_cfg.cache_gb * 2**30
     train_vols = load_volumes(pre_dir, samples_dir, train_ids, k, True, budget)
     val_vols = load_volumes(pre_dir, samples_dir, val_ids, k, False, max(0.0, budget - _nbytes(train_vols)))
-    in_channels = int(train_vols[0]["image"].shape[0])
-    spacing = np.asarray(plan.target_spacing)
-    anisotropic = bool(spacing.max() / spacing.min() > 3)
 
     layout = memory_format(t_cfg.channels_last, s_cfg.spatial_dims)
+    in_channels = int(train_vols[0]["image"].shape[0])
     try:
         model = build_model(
             spatial_dims=s_cfg.spatial_dims, in_channels=in_channels, out_channels=k, **to_dict(t_cfg.model)
@@ -162,196 +158,189 @@ def train(cfg: Config) -> dict:
     except ValueError as err:  # option combinations the schema cannot express (e.g. a dynunet-only setting)
         raise ConfigError(f"train.model: {err}") from None
     model = model.to(device, memory_format=layout)
-    n_params = count_parameters(model)
     optimizer = make_optimizer(model, t_cfg.optimizer, t_cfg.lr, t_cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-
-    ckpt_path = Path(t_cfg.checkpoint_dir) / CHECKPOINT
     chash = config_hash(cfg)
-    state = read_checkpoint(ckpt_path, chash)
-    history: list[dict] = []
-    best = {"dice": -1.0, "epoch": -1}
-    best_state = None
-    start_epoch, elapsed_before, run_id = 0, 0.0, None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history, best, best_state = state["history"], state["best"], state["best_state"]
-        start_epoch, elapsed_before, run_id = state["epoch"] + 1, state["elapsed"], state.get("run_id")
-        logger.info("resuming from %s after epoch %d", ckpt_path, state["epoch"])
-    net = DistributedDataParallel(model) if world > 1 else model
+    session = Session(
+        cfg, rank, world, device, threads, plan, train_vols, val_vols, model, optimizer, scaler, layout,
+        Path(t_cfg.checkpoint_dir) / CHECKPOINT, chash,
+    )  # fmt: skip
+    resume(session)
+    session.net = DistributedDataParallel(model) if world > 1 else model
+    session.parts = _training_parts(session, flip_dims)
+    session.meta = _model_meta(session, in_channels)
+    return session
 
-    ratios = class_ratios(k, s_cfg.foreground_ratio)
-    patch_slice_axis = s_cfg.slice_axis if s_cfg.spatial_dims == 2 else None  # 2D: slices along it; 3D: None
-    augment = BatchAugment(s_cfg.spatial_dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None
+
+def resume(s: Session) -> None:
+    """Load model, optimiser, scaler and progress from the checkpoint of an unfinished run with these settings."""
+    state = read_checkpoint(s.ckpt_path, s.chash)
+    if state is None:
+        return
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    if s.scaler is not None and state.get("scaler"):
+        s.scaler.load_state_dict(state["scaler"])
+    s.history, s.best, s.best_state = state["history"], state["best"], state["best_state"]
+    s.start_epoch, s.elapsed_before, s.run_id = state["epoch"] + 1, state["elapsed"], state.get("run_id")
+    s.resumed = True
+    logger.info("resuming from %s after epoch %d", s.ckpt_path, state["epoch"])
+
+
+def _training_parts(s: Session, flip_dims: tuple[int, ...] | None) -> dict:
+    """Loss, batch augmentation, validation inferer and patch sampling settings."""
+    t_cfg, s_cfg, model = s.cfg.train, s.cfg.sample, s.model
+    spacing = np.asarray(s.plan.target_spacing)
+    anisotropic = bool(spacing.max() / spacing.min() > 3)
     levels = model.deep_supr_num + 1 if getattr(model, "deep_supervision", False) else 1  # outputs per forward
-    loss_fn = make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice, levels)
     inf = t_cfg.inference
-    inferer = build_inferer(
-        s_cfg.spatial_dims, s_cfg.patch_size, s_cfg.slice_axis, inf.overlap, inf.sw_batch_size, inf.blend
-    )
-    class_names = [plan.labels[i] for i in range(1, k)]
-    meta = {
+    return {
+        "ratios": class_ratios(s.num_classes, s_cfg.foreground_ratio),
+        # 2D: slices along the slice axis; 3D: None
+        "patch_slice_axis": s_cfg.slice_axis if s_cfg.spatial_dims == 2 else None,
+        "augment": BatchAugment(s_cfg.spatial_dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None,
+        "loss": make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice, levels),
+        "inferer": build_inferer(
+            s_cfg.spatial_dims, s_cfg.patch_size, s_cfg.slice_axis, inf.overlap, inf.sw_batch_size, inf.blend
+        ),
+    }
+
+
+def _model_meta(s: Session, in_channels: int) -> dict:
+    """The model folder's ``model.json`` entries (epoch and Dice are added when it is written)."""
+    t_cfg, s_cfg = s.cfg.train, s.cfg.sample
+    return {
         "model": to_dict(t_cfg.model),
         "spatial_dims": s_cfg.spatial_dims,
         "in_channels": in_channels,
-        "num_classes": k,
-        "labels": {str(i): n for i, n in plan.labels.items()},
-        "plan": plan.to_dict(),
+        "num_classes": s.num_classes,
+        "labels": {str(i): n for i, n in s.plan.labels.items()},
+        "plan": s.plan.to_dict(),
         "patch_size": list(s_cfg.patch_size),
         "slice_axis": s_cfg.slice_axis,
-        "inference": to_dict(inf),
-        "config": to_dict(cfg),
-        "parameters": n_params,
+        "inference": to_dict(t_cfg.inference),
+        "config": to_dict(s.cfg),
+        "parameters": count_parameters(s.model),
     }
-    if main_rank:
+
+
+def run_epoch(s: Session, epoch: int, progress: float) -> dict:
+    """Train one epoch (learning rate by ``progress`` in [0, 1]) and validate if due; returns the log row."""
+    t_cfg, s_cfg, parts = s.cfg.train, s.cfg.sample, s.parts
+    t0 = time.monotonic()
+    lr = t_cfg.lr * lr_factor(t_cfg.optimizer, progress)
+    set_lr(s.optimizer, lr)
+    loader = epoch_loader(
+        s.train_vols,
+        s_cfg.patch_size,
+        parts["ratios"],
+        epoch,
+        t_cfg.seed,
+        t_cfg.batch_size,
+        t_cfg.iters_per_epoch,
+        t_cfg.num_workers,
+        parts["patch_slice_axis"],
+        s.rank,
+    )
+    generator = torch.Generator().manual_seed(epoch_seed(t_cfg.seed, epoch, s.rank))
+    loss = train_epoch(
+        s.net, loader, parts["loss"], s.optimizer, s.device, s.scaler, parts["augment"], generator, s.layout
+    )
+    row = {"epoch": epoch, "train_loss": loss, "lr": lr}
+    if s.val_vols and (epoch % t_cfg.val_every == 0 or epoch == t_cfg.epochs - 1):
+        dice = validate(s.model, s.val_vols, parts["inferer"], s.num_classes, s.device, s.rank, s.world)
+        names = [s.plan.labels[i] for i in range(1, s.num_classes)]
+        row.update({f"val_dice_{n}": float(d) for n, d in zip(names, dice, strict=True)})
+        row["val_dice_mean"] = float(np.nanmean(dice))
+    row["epoch_seconds"] = time.monotonic() - t0
+    return row
+
+
+def record_epoch(s: Session, tracker: Tracker, row: dict, elapsed: float, complete: bool) -> None:
+    """Rank 0: log the row, keep the model folder of the best epoch so far, write the checkpoint."""
+    epoch = row["epoch"]
+    tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    # no validation cases (sample.fold: all): the model folder holds the last epoch
+    improved = row.get("val_dice_mean", -1.0) > s.best["dice"] if s.val_vols else True
+    if improved:
+        s.best = {"dice": row.get("val_dice_mean", float("nan")), "epoch": epoch}
+        s.best_state = {n: v.detach().cpu().clone() for n, v in s.model.state_dict().items()}
+        save_model_folder(
+            s.cfg.train.out_dir, s.model, {**s.meta, "epoch": epoch, "val_dice_mean": row.get("val_dice_mean")}
+        )
+    progress = {
+        "epoch": epoch,
+        "best": s.best,
+        "best_state": s.best_state,
+        "history": s.history,
+        "elapsed": elapsed,
+        "run_id": s.meta.get("mlflow", {}).get("run_id"),
+    }
+    save_checkpoint(s.ckpt_path, s.model, s.optimizer, s.scaler, progress, s.chash, complete)
+
+
+def finish(s: Session, tracker: Tracker, minutes: float) -> None:
+    """Rank 0: make sure the model folder holds the best epoch; write the log; log the summary and the model."""
+    t_cfg = s.cfg.train
+    if not (Path(t_cfg.out_dir) / "model.pt").is_file() and s.best_state is not None:
+        s.model.load_state_dict(s.best_state)  # resumed after the best epoch: rebuild the model folder
+        best_dice = s.best["dice"] if s.val_vols else None
+        save_model_folder(t_cfg.out_dir, s.model, {**s.meta, "epoch": s.best["epoch"], "val_dice_mean": best_dice})
+    io.write_csv(t_cfg.log_file, pd.DataFrame(s.history))
+    summary = {"best_epoch": s.best["epoch"], "train_minutes": minutes}
+    if s.val_vols:
+        summary["best_val_dice_mean"] = s.best["dice"]
+    tracker.log_metrics(summary)
+    tracker.log_artifact(t_cfg.log_file)
+    tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model_folder")
+    log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.uri)  # loadable by mlflow.pyfunc
+    if s.val_vols:
+        logger.info("best validation Dice %.4f at epoch %d", s.best["dice"], s.best["epoch"])
+    else:
+        logger.info("no validation cases: kept the last epoch (%d)", s.best["epoch"])
+
+
+def _start_tracking(s: Session, tracker: Tracker) -> None:
+    """Log the parameters of a new run; note the run in the model folder's meta."""
+    if not s.resumed:
+        params = {**flatten(to_dict(s.cfg)), "model.parameters": s.meta["parameters"]}
+        params.update({"data.train_cases": len(s.train_vols), "data.val_cases": len(s.val_vols)})
+        tracker.log_params(params)
+    s.meta["mlflow"] = {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "experiment": s.cfg.mlflow.experiment}
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) the whole training; returns the best epoch, best Dice and the MLflow run id."""
+    s = setup(cfg)
+    t_cfg = cfg.train
+    if s.main_rank:
         logger.info(
             "%s: %d parameters, %d train / %d val cases, device %s, %d threads x %d processes",
-            t_cfg.model.name,
-            n_params,
-            len(train_ids),
-            len(val_ids),
-            device,
-            threads,
-            world,
-        )
-
+            t_cfg.model.name, s.meta["parameters"], len(s.train_vols), len(s.val_vols), s.device, s.threads, s.world,
+        )  # fmt: skip
     budget_s = t_cfg.max_minutes * 60 if t_cfg.max_minutes else float("inf")
-    start = time.monotonic() - elapsed_before
-    tags = {**environment_tags(str(device), threads), "train.world_size": str(world)}
-    tracking = (
-        run(cfg.mlflow, run_id=run_id, run_name=f"train-{t_cfg.model.name}-{s_cfg.mode}", tags=tags)
-        if main_rank
-        else contextlib.nullcontext()
-    )
+    start = time.monotonic() - s.elapsed_before
+    tags = {**environment_tags(str(s.device), s.threads), "train.world_size": str(s.world)}
+    name = f"train-{t_cfg.model.name}-{cfg.sample.mode}"
+    tracking = run(cfg.mlflow, run_id=s.run_id, run_name=name, tags=tags) if s.main_rank else contextlib.nullcontext()
     with tracking as tracker:
         if tracker is not None:
-            if state is None:
-                tracker.log_params(
-                    {
-                        **flatten(to_dict(cfg)),
-                        "model.parameters": n_params,
-                        "data.train_cases": len(train_ids),
-                        "data.val_cases": len(val_ids),
-                    }
-                )
-            meta["mlflow"] = {
-                "run_id": tracker.run_id,
-                "tracking_uri": tracker.uri,
-                "experiment": cfg.mlflow.experiment,
-            }
-        epochs = range(start_epoch, t_cfg.epochs)
-        bar = tqdm(epochs, desc="train", unit="epoch", disable=not main_rank, initial=start_epoch, total=t_cfg.epochs)
+            _start_tracking(s, tracker)
+        bar = tqdm(range(s.start_epoch, t_cfg.epochs), desc="train", unit="epoch", disable=not s.main_rank,
+                   initial=s.start_epoch, total=t_cfg.epochs)  # fmt: skip
         for epoch in bar:
-            t0 = time.monotonic()
             # the schedule follows whichever budget (epochs or wall clock) runs out first
-            progress = max(epoch / t_cfg.epochs, (t0 - start) / budget_s)
-            lr = t_cfg.lr * lr_factor(t_cfg.optimizer, progress)
-            set_lr(optimizer, lr)
-            loader = epoch_loader(
-                train_vols,
-                s_cfg.patch_size,
-                ratios,
-                epoch,
-                t_cfg.seed,
-                t_cfg.batch_size,
-                t_cfg.iters_per_epoch,
-                t_cfg.num_workers,
-                patch_slice_axis,
-                rank,
-            )
-            generator = torch.Generator().manual_seed(epoch_seed(t_cfg.seed, epoch, rank))
-            loss = train_epoch(net, loader, loss_fn, optimizer, device, scaler, augment, generator, layout)
-            row = {"epoch": epoch, "train_loss": loss, "lr": lr}
+            row = run_epoch(s, epoch, max(epoch / t_cfg.epochs, (time.monotonic() - start) / budget_s))
+            s.history.append(row)
             last = epoch == t_cfg.epochs - 1
-            if val_vols and (epoch % t_cfg.val_every == 0 or last):
-                dice = validate(model, val_vols, inferer, k, device, rank, world)
-                row.update({f"val_dice_{n}": float(d) for n, d in zip(class_names, dice, strict=True)})
-                row["val_dice_mean"] = float(np.nanmean(dice))
-            row["epoch_seconds"] = time.monotonic() - t0
-            history.append(row)
-            stop = _bcast_flag(time.monotonic() - start + row["epoch_seconds"] > budget_s and not last)
-            if main_rank:
-                tracker.log_metrics({k_: v for k_, v in row.items() if k_ != "epoch"}, step=epoch)
-                # no validation cases (sample.fold: all): the model folder holds the last epoch
-                improved = row.get("val_dice_mean", -1.0) > best["dice"] if val_vols else True
-                if improved:
-                    best = {"dice": row.get("val_dice_mean", float("nan")), "epoch": epoch}
-                    best_state = {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
-                    best_meta = {**meta, "epoch": epoch, "val_dice_mean": row.get("val_dice_mean")}
-                    save_model_folder(t_cfg.out_dir, model, best_meta)
-                _save_checkpoint(
-                    ckpt_path,
-                    model,
-                    optimizer,
-                    scaler,
-                    epoch,
-                    best,
-                    best_state,
-                    history,
-                    time.monotonic() - start,
-                    meta.get("mlflow", {}).get("run_id"),
-                    chash,
-                    complete=last or stop,
-                )
-                bar.set_postfix(loss=f"{loss:.3f}", dice=f"{row.get('val_dice_mean', float('nan')):.3f}")
+            stop = broadcast_flag(time.monotonic() - start + row["epoch_seconds"] > budget_s and not last)
+            if s.main_rank:
+                record_epoch(s, tracker, row, time.monotonic() - start, complete=last or stop)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{row.get('val_dice_mean', float('nan')):.3f}")
             if stop:
                 logger.info("wall-clock budget of %.1f min reached after epoch %d", t_cfg.max_minutes, epoch)
                 break
-        if main_rank:
-            if not (Path(t_cfg.out_dir) / "model.pt").is_file() and best_state is not None:
-                model.load_state_dict(best_state)  # resumed after the best epoch: rebuild the model folder
-                best_dice = best["dice"] if val_vols else None
-                save_model_folder(t_cfg.out_dir, model, {**meta, "epoch": best["epoch"], "val_dice_mean": best_dice})
-            io.write_csv(t_cfg.log_file, pd.DataFrame(history))
-            summary = {"best_epoch": best["epoch"], "train_minutes": (time.monotonic() - start) / 60}
-            if val_vols:
-                summary["best_val_dice_mean"] = best["dice"]
-            tracker.log_metrics(summary)
-            tracker.log_artifact(t_cfg.log_file)
-            tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model_folder")
-            log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.uri)  # loadable by mlflow.pyfunc
-            if val_vols:
-                logger.info("best validation Dice %.4f at epoch %d", best["dice"], best["epoch"])
-            else:
-                logger.info("no validation cases: kept the last epoch (%d)", best["epoch"])
-    if dist.is_initialized():
-        dist.barrier()
-    return {**best, "run_id": meta.get("mlflow", {}).get("run_id")}
-
-
-def _nbytes(vols: list[dict]) -> int:
-    return sum(v["image"].nbytes + v["label"].nbytes for v in vols if not isinstance(v["image"], np.memmap))
-
-
-def _save_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    epoch: int,
-    best: dict,
-    best_state: dict | None,
-    history: list[dict],
-    elapsed: float,
-    run_id: str | None,
-    chash: str,
-    complete: bool,
-) -> None:
-    """Everything needed to resume, as tensors and plain values (loads with ``weights_only=True``)."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "epoch": epoch,
-        "best": best,
-        "best_state": best_state,
-        "history": history,
-        "elapsed": elapsed,
-        "run_id": run_id,
-        "config_hash": chash,
-        "complete": complete,
-    }
-    io.write_atomic(path, lambda p: torch.save(state, p))
+        if s.main_rank:
+            finish(s, tracker, (time.monotonic() - start) / 60)
+    barrier()
+    return {**s.best, "run_id": s.meta.get("mlflow", {}).get("run_id")}
