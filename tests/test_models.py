@@ -1,4 +1,4 @@
-"""Tests for pipeline.networks.factory (tiny tensors, CPU only)."""
+"""Networks: unet_parts, classic_unet and the factory (tiny tensors, CPU only)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.networks.factory import (
-    ALLOWED_MODELS,
-    ClassicUNet,
-    DoubleConv,
-    Up,
-    build_model,
-    count_parameters,
-)
+from pipeline.networks.classic_unet import ClassicUNet
+from pipeline.networks.factory import ALLOWED_MODELS, build_model, count_parameters
+from pipeline.networks.unet_parts import DoubleConv, Up
 
 monai_nets = pytest.importorskip("monai.networks.nets")
 
