@@ -1,4 +1,4 @@
-"""Tests for pipeline.evaluation.report: case choice, slices, self-contained HTML, and a headless Chromium render."""
+"""Tests for pipeline.evaluation.report and .plots: case choice, slices, self-contained HTML, a Chromium render."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
-from pipeline.evaluation.report import Overlay, build_report, case_ranking, choose_slices, pick_cases, write_report
+from pipeline.evaluation.plots import Overlay, choose_slices
+from pipeline.evaluation.report import build_report, case_ranking, pick_cases, write_report
 
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
 IMG_RE = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')

@@ -30,7 +30,8 @@ from pipeline.core.readers import read_array
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
 from pipeline.evaluation.lineage import lineage_tags
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
-from pipeline.evaluation.report import Overlay, case_ranking, pick_cases, write_report
+from pipeline.evaluation.plots import Overlay
+from pipeline.evaluation.report import case_ranking, pick_cases, write_report
 from pipeline.evaluation.tracking import run
 from pipeline.inference.masks import save_mask
 from pipeline.inference.model_folder import sha256
