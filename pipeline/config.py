@@ -87,17 +87,28 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """Case-level test hold-out and cross-validation folds, made by the preprocess stage before planning.
+
+    Cases sharing a ``group`` (manifest column or dataset.json entry key) stay together; see
+    :mod:`pipeline.core.splits`.
+    """
+
+    file: str = "data/splits.json"  # written once, reused while cases, groups and these settings match
+    test_fraction: float = 0.2
+    folds: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class SampleConfig:
-    """Case-level splits and the table of training samples."""
+    """The table of training samples for one fold of the split."""
 
     out_dir: str = "data/samples"
-    splits_file: str = "data/splits.json"  # written once, reused while cases and split settings match
     mode: Literal["2d", "3d"] = "2d"
     slice_axis: int = 2
     patch_size_2d: tuple[int, int] = (64, 64)
     patch_size_3d: tuple[int, int, int] = (64, 64, 16)
-    test_fraction: float = 0.2
-    folds: int = 5
     fold: int | Literal["all"] = 0  # "all": train on every non-test case, no validation (nnU-Net's fold "all")
     seed: int = 0
     foreground_ratio: float = 0.67  # share of samples centred on a foreground voxel
@@ -210,6 +221,7 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

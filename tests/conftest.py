@@ -29,14 +29,9 @@ def tiny_params(base: Path, **train_overrides: object) -> dict:
     return {
         "data": {"root": str(base.parent / "raw")},
         "synthetic": {"out_dir": str(base.parent / "raw"), "n_cases": 8},
+        "split": {"file": str(base.parent / "splits.json"), "test_fraction": 0.25, "folds": 3},
         "preprocess": {"out_dir": str(base.parent / "pre"), "workers": 1},
-        "sample": {
-            "out_dir": str(base.parent / "samples"),
-            "splits_file": str(base.parent / "splits.json"),
-            "test_fraction": 0.25,
-            "folds": 3,
-            "patch_size_2d": [32, 32],
-        },
+        "sample": {"out_dir": str(base.parent / "samples"), "patch_size_2d": [32, 32]},
         "train": train,
         "evaluate": {"predictions_dir": str(base / "pred"), "metrics_dir": str(base / "metrics"), "n_bootstrap": 100},
         "mlflow": {"tracking_uri": f"sqlite:///{base.parent / 'mlflow.db'}"},

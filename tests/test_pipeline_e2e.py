@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "synthetic": {"n_cases": 10},
-    "sample": {"test_fraction": 0.3, "folds": 3, "patch_size_2d": [48, 48], "patch_size_3d": [32, 32, 8]},
+    "split": {"test_fraction": 0.3, "folds": 3},
+    "sample": {"patch_size_2d": [48, 48], "patch_size_3d": [32, 32, 8]},
     "train": {
         "epochs": 3,
         "iters_per_epoch": 4,

@@ -46,6 +46,7 @@ def to_original_grid(label: np.ndarray, geometry: dict) -> np.ndarray:
 def run_stage(tmp: Path, root: Path, workers: int = 2, **preprocess_cfg: object) -> Path:
     out = Path(str(preprocess_cfg.pop("out_dir", tmp / "pre")))
     params = {"data": {"root": str(root), "layout": "msd"}, "preprocess": {"out_dir": str(out), "workers": workers}}
+    params["split"] = {"file": str(tmp / "splits.json"), "test_fraction": 0.0, "folds": 2}  # every case planned
     params["preprocess"].update(preprocess_cfg)
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "params.yaml"

@@ -314,13 +314,17 @@ def test_preprocess_writes_nothing_when_validation_fails(
     from pipeline.stages import preprocess
 
     out_dir = tmp_path / "preprocessed"
-    params = {"data": {"root": str(corpus[0]), "layout": "msd"}, "preprocess": {"out_dir": str(out_dir), "workers": 1}}
+    params = {
+        "data": {"root": str(corpus[0]), "layout": "msd"},
+        "split": {"file": str(tmp_path / "splits.json")},
+        "preprocess": {"out_dir": str(out_dir), "workers": 1},
+    }
     config = tmp_path / "params.yaml"
     config.write_text(yaml.safe_dump(params))
     with pytest.raises(SystemExit) as exc:
         preprocess.main(["--config", str(config)])
     assert exc.value.code not in (0, None)
-    assert not out_dir.exists()
+    assert not out_dir.exists() and not (tmp_path / "splits.json").exists()
     # a broken dataset.json: also a clean exit, no traceback, nothing written
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -50,6 +50,7 @@ class Case:
     case_id: str
     images: tuple[Path, ...]
     label: Path | None = None
+    group: str | None = None  # patient or site: cases of one group are never split apart
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def read_msd(root: str | Path) -> DatasetInfo:
             images = [_inside(root, r, where, "image", source, cid, problems, prefix) for r in raw_images]
             label = _inside(root, entry.get("label"), where, "label", source, cid, problems, prefix)
             if len(problems) == n_before and all(i is not None for i in images):
-                cases.append(Case(cid, tuple(images), label))  # type: ignore[arg-type]
+                cases.append(Case(cid, tuple(images), label, _group(entry.get("group"))))  # type: ignore[arg-type]
     _check_unique(cases, source, problems)
     name = str(meta.get("name", root.name))
     return DatasetInfo(
@@ -268,8 +269,13 @@ def _sidecar_labels(root: Path, problems: list[Problem]) -> tuple[dict[int, str]
     return labels, values, str(path)
 
 
+def _group(value: object) -> str | None:
+    """An optional ``group`` entry (patient or site id) as a string; empty means none."""
+    return str(value).strip() or None if value is not None else None
+
+
 def read_manifest(manifest: str | Path, root: str | Path | None = None) -> DatasetInfo:
-    """Read a CSV manifest with columns ``case_id,image,label``.
+    """Read a CSV manifest with columns ``case_id,image,label`` (and optionally ``group``: patient or site).
 
     Paths are relative to ``root`` (default: the CSV's folder) and must stay inside it. Labels come from
     ``root/dataset.json`` when present, else ``{0: background, 1: foreground}``.
@@ -304,7 +310,7 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
         image = _inside(root, row.get("image"), f"line {n}", "image", manifest, cid, problems, prefix)
         label = _inside(root, row.get("label"), f"line {n}", "label", manifest, cid, problems, prefix)
         if len(problems) == n_before and image is not None:
-            cases.append(Case(cid, (image,), label))
+            cases.append(Case(cid, (image,), label, _group(row.get("group"))))
     if not rows:
         problems.append(Problem(DATASET_ROW, str(manifest), "malformed manifest: no cases listed"))
     _check_unique(cases, manifest, problems)

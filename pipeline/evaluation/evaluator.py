@@ -64,7 +64,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     test_ids = set(samples.loc[samples.split == "test", "case_id"].astype(str))
     cases = [c for c in info.cases if c.case_id in test_ids]
     if not cases:
-        raise SystemExit("evaluate: the split has no test cases; raise sample.test_fraction")
+        raise SystemExit("evaluate: the split has no test cases; raise split.test_fraction")
     if predictor is None:
         predictor = Predictor(cfg.train.out_dir)
     labels = {int(k): v for k, v in predictor.meta["labels"].items()}

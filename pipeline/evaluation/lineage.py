@@ -122,7 +122,7 @@ def lineage_tags(
     tags: dict[str, str] = {**git_info(repo_dir), **dvc_lock_hashes(lock_path), **library_versions()}
     tags["device"] = str(device)
     if cfg is not None:
-        for block in ("synthetic", "sample", "train", "evaluate"):
+        for block in ("synthetic", "split", "sample", "train", "evaluate"):
             seed = getattr(getattr(cfg, block, None), "seed", None)
             if seed is not None:
                 tags[f"seed.{block}"] = str(seed)

@@ -1,18 +1,22 @@
-"""Stage: validate, fingerprint and plan, then preprocess the raw dataset into ``preprocess.out_dir``.
+"""Stage: validate, split, then fingerprint, plan and preprocess the training cases into ``preprocess.out_dir``.
 
-Rerunning after an interrupted run only does the cases that are not finished (see
-:mod:`pipeline.preprocessing.preprocessor`).
+The case-level split (test hold-out + folds, ``split.file``) is made first, from the dataset description; the
+plan and the preprocessed volumes come from the non-test cases only, so no test case shapes what training
+sees (evaluation predicts the test cases from their raw scans). Rerunning after an interrupted run only does
+the cases that are not finished (see :mod:`pipeline.preprocessing.preprocessor`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
-from pipeline.config import stage_args
+from pipeline.config import ConfigError, stage_args
 from pipeline.core.dataset import read_dataset
 from pipeline.core.dicom import set_series_rule
 from pipeline.core.labels import resolve_labels
+from pipeline.core.splits import load_or_make_splits, non_test_cases
 from pipeline.core.validation import validate_or_exit
 from pipeline.preprocessing.preprocessor import plan_dataset, preprocess_dataset
 
@@ -25,15 +29,25 @@ def main(argv: list[str] | None = None) -> int:
     info, label_problems = resolve_labels(read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest))
     if label_problems:
         raise SystemExit("\n".join(f"{file}: {problem}" for file, problem in label_problems))
-    p = cfg.preprocess
+    p, s = cfg.preprocess, cfg.split
     if p.workers < 1 or p.foreground_samples < 1:
         raise SystemExit(
             f"{cfg_path}: preprocess.workers ({p.workers}) and preprocess.foreground_samples "
             f"({p.foreground_samples}) must be >= 1"
         )
+    if not 0.0 <= s.test_fraction < 1.0:
+        raise ConfigError(f"{cfg_path}: split.test_fraction ({s.test_fraction}) must be in [0, 1)")
     validate_or_exit(info, p.workers)
-    plan, fingerprints = plan_dataset(info, p)
-    preprocess_dataset(info, plan, p.out_dir, fingerprints, p.workers)
+    labelled = [c for c in info.cases if c.label is not None]
+    groups = {c.case_id: c.group for c in labelled if c.group}
+    try:
+        splits = load_or_make_splits(s.file, [c.case_id for c in labelled], s.test_fraction, s.folds, s.seed, groups)
+    except ValueError as err:
+        raise ConfigError(f"{cfg_path}: split: {err}") from None
+    keep = set(non_test_cases(splits))
+    train_info = dataclasses.replace(info, cases=tuple(c for c in info.cases if c.case_id in keep))
+    plan, fingerprints = plan_dataset(train_info, p)
+    preprocess_dataset(train_info, plan, p.out_dir, fingerprints, p.workers)
     return 0
 
 
