@@ -137,15 +137,17 @@ def test_mlflow_loads_and_predicts_the_logged_model(model: Path, tmp_path: Path)
     model_uri = log_model_folder(run_id, model, tracking_uri=uri)
     assert client.get_run(run_id).info.status == "RUNNING"  # left as it was
 
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "logged")))
+    assert (local / "code" / "pipeline" / "inference" / "mlflow_model.py").is_file()  # loads without this repo
     loaded = mlflow.pyfunc.load_model(model_uri)
-    scan = small_scan(tmp_path / "one.nii.gz", 4)
-    labels = loaded.predict(str(scan))
-    expected, _ = Predictor(model, "cpu").predict_case(Case("one", (scan,)))
-    assert np.array_equal(labels, expected)
-    from_array = loaded.predict(
-        {"image": np.asarray(nib.load(str(scan)).dataobj), "affine": nib.load(str(scan)).affine}
-    )
-    assert np.array_equal(from_array, expected)
+    assert loaded.metadata.signature.inputs.to_dict() == [{"type": "string", "required": True}]
+    scans = [small_scan(tmp_path / "one.nii.gz", 4), small_scan(tmp_path / "two.nii.gz", 6)]
+    labels = loaded.predict([str(s) for s in scans])
+    for scan, got in zip(scans, labels, strict=True):
+        expected, _ = Predictor(model, "cpu").predict_case(Case(scan.name, (scan,)))
+        assert np.array_equal(got, expected)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="Expected list"):
+        loaded.predict(str(scans[0]))  # the input schema: a list of scan paths
 
 
 def test_predict_refuses_to_overwrite_its_inputs(model: Path, tmp_path: Path) -> None:

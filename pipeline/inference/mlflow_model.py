@@ -5,22 +5,25 @@ together with the ``pipeline`` package (``code_paths``), so ``mlflow.pyfunc.load
 without this repository. Loading goes through :class:`pipeline.inference.predictor.Predictor` (weights loaded
 with ``weights_only=True``, checksum checked), so the predictions are those of ``pipeline.tools.predict``.
 
-``model.predict(x)`` takes a scan path (str or Path), a dict ``{"image": array, "affine": 4x4}``
-(affine optional, identity = 1 mm RAS), a bare 3D array, or a list of these, and returns the uint8
-label map on the scan's grid (a list for a list).
+``model.predict(paths)`` takes a list of scan paths (any format ``pipeline.tools.predict`` reads) and
+returns one uint8 label map per scan, on the scan's own voxel grid. The type hint (``list[str]``) is
+MLflow's input schema: it checks inputs and ``mlflow models serve`` accepts ``{"inputs": [paths]}``.
+A scan held only in memory is saved (e.g. with nibabel, with its affine) before being passed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import nibabel as nib
-import numpy as np
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.pyfunc import PythonModel
 
 from pipeline.inference.model_folder import META, WEIGHTS, load_model_folder
@@ -45,31 +48,28 @@ class SegmentationModel(PythonModel):
 
         self.predictor = Predictor(context.artifacts[ARTIFACT])
 
-    # model_input has no type hint on purpose: MLflow would turn one into an input schema and reshape inputs
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> Any:
-        if isinstance(model_input, list | tuple):
-            return [self._predict_one(x) for x in model_input]
-        return self._predict_one(model_input)
-
-    def _predict_one(self, item: Any) -> np.ndarray:
+    # no return annotation: MLflow would derive an output schema from it, and it has none for arrays
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None):
+        """One label map (uint8 array, on the scan's grid) per scan path of ``model_input``."""
         from pipeline.core.dataset import Case, strip_suffix
 
-        if isinstance(item, str | Path):
-            path = Path(item)
-            return self.predictor.predict(Case(strip_suffix(path.name), (path,))).labels
-        if isinstance(item, dict):
-            image, affine = np.asarray(item["image"]), np.asarray(item.get("affine", np.eye(4)), dtype=float)
+        paths = [Path(p) for p in model_input]
+        return [self.predictor.predict(Case(strip_suffix(p.name), (p,))).labels for p in paths]
+
+
+@contextmanager
+def _no_artifact_progress_bar() -> Iterator[None]:
+    """MLflow draws a progress bar for the few files it re-reads while logging a model: not a long loop."""
+    key = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
         else:
-            image, affine = np.asarray(item), np.eye(4)
-        if image.ndim != 3:
-            raise ValueError(f"expected a 3D array, got shape {image.shape}")
-        with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-            path = Path(tmp) / "scan.nii.gz"
-            nii = nib.Nifti1Image(image.astype(np.float32), affine)
-            nii.set_sform(affine, 1)
-            nii.set_qform(affine, 1)
-            nib.save(nii, str(path))
-            return self.predictor.predict(Case("scan", (path,))).labels
+            os.environ[key] = before
 
 
 def _requirements() -> list[str]:
@@ -107,14 +107,15 @@ def log_model_folder(run_id: str, folder: str | Path, name: str = "model", track
             "name": name,
             "python_model": str(code),
             "artifacts": {ARTIFACT: str(clean)},
-            "code_paths": [str(Path(__file__).resolve().parent)],
+            "code_paths": [str(Path(__file__).resolve().parents[1])],  # the whole pipeline package
             "pip_requirements": _requirements(),
         }
-        if active is not None and active.info.run_id == run_id:
-            info = mlflow.pyfunc.log_model(**kwargs)
-        else:
-            with mlflow.start_run(run_id=run_id, nested=active is not None):
+        with _no_artifact_progress_bar():
+            if active is not None and active.info.run_id == run_id:
                 info = mlflow.pyfunc.log_model(**kwargs)
-            client.update_run(run_id, status=status)
+            else:
+                with mlflow.start_run(run_id=run_id, nested=active is not None):
+                    info = mlflow.pyfunc.log_model(**kwargs)
+                client.update_run(run_id, status=status)
     logger.info("logged model folder %s to run %s as %s", folder, run_id, info.model_uri)
     return info.model_uri

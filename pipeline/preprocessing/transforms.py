@@ -8,6 +8,8 @@ a time (:mod:`pipeline.sampling.patches`) and augmented a batch at a time (:mod:
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +19,24 @@ from monai.data import MetaTensor
 
 from pipeline.core.image2d import match_channels
 from pipeline.core.labels import is_identity
+
+
+def load_images(keys: Sequence[str]) -> mt.LoadImaged:
+    """MONAI's ``LoadImaged`` with the pipeline's one reader (:class:`pipeline.core.readers.PipelineReader`).
+
+    ``LoadImaged`` also builds every MONAI default reader; with pydicom installed, MONAI 1.6's GPU DICOM
+    reader (``NvImgCodecPydicomReader``) then logs a warning and warns that nvImageCodec (a CUDA library) is
+    absent, about a reader this pipeline never uses. Exactly those two messages are silenced, while it is built.
+    """
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec", category=UserWarning)
+            return mt.LoadImaged(keys, reader="pipeline.core.readers.PipelineReader", image_only=True, dtype=np.float32)
+    finally:
+        plugin_log.setLevel(level)
 
 
 def body_mask(x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +112,7 @@ def preprocessing(
     onehot = with_label and label_interp == "linear"
     label_mode = "bilinear" if onehot else "nearest"
     chain: list = [
-        mt.LoadImaged(keys, reader="pipeline.core.readers.PipelineReader", image_only=True, dtype=np.float32),
+        load_images(keys),
         mt.EnsureChannelFirstd(keys),
     ]
     if channels:

@@ -328,6 +328,7 @@ def train(cfg: Config) -> dict:
             _start_tracking(s, tracker)
         bar = tqdm(range(s.start_epoch, t_cfg.epochs), desc="train", unit="epoch", disable=not s.main_rank,
                    initial=s.start_epoch, total=t_cfg.epochs)  # fmt: skip
+        postfix: dict[str, str] = {}
         for epoch in bar:
             # the schedule follows whichever budget (epochs or wall clock) runs out first
             row = run_epoch(s, epoch, max(epoch / t_cfg.epochs, (time.monotonic() - start) / budget_s))
@@ -336,7 +337,9 @@ def train(cfg: Config) -> dict:
             stop = broadcast_flag(time.monotonic() - start + row["epoch_seconds"] > budget_s and not last)
             if s.main_rank:
                 record_epoch(s, tracker, row, time.monotonic() - start, complete=last or stop)
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{row.get('val_dice_mean', float('nan')):.3f}")
+                if "val_dice_mean" in row:  # epochs without validation keep showing the last validated Dice
+                    postfix["val_dice"] = f"{row['val_dice_mean']:.3f} (epoch {epoch})"
+                bar.set_postfix({"loss": f"{row['train_loss']:.3f}", **postfix})
             if stop:
                 logger.info("wall-clock budget of %.1f min reached after epoch %d", t_cfg.max_minutes, epoch)
                 break
