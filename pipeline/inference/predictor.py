@@ -68,8 +68,12 @@ def itk_to_nifti(path: str | Path, out: str | Path) -> Path:
     """Convert an ITK image (NRRD, MHA, MHD) to NIfTI on the same voxel grid (LPS -> RAS affine)."""
     import SimpleITK as sitk
 
+    from pipeline.core import dicom
+
     try:
-        img = sitk.ReadImage(str(path))
+        img = dicom.read_image(path) if Path(path).is_dir() else sitk.ReadImage(str(path))
+    except dicom.DicomError as err:
+        raise UnreadableScanError(f"{path}: {err}") from None
     except RuntimeError as err:
         raise UnreadableScanError(f"{path}: cannot read the scan ({_one_line(err)})") from None
     if img.GetDimension() != 3:

@@ -6,8 +6,11 @@
 .tif, .bmp, .gif; per-channel files ``<case>_0000``, ``<case>_0001``, ... are grouped by case). Each scan gets
 ``<output>/<case>.nii.gz``: integer labels (the dataset's declared label values) on exactly the scan's voxel
 grid, with its affine (sform and qform with their codes), so it opens aligned with the scan in ITK-SNAP or
-3D Slicer; a 2D picture gets ``<output>/<case>.png`` of its own size. With
+3D Slicer; a 2D picture gets ``<output>/<case>.png`` of its own size. A DICOM series is a folder: a folder
+holding DICOM files is one scan (see :mod:`pipeline.core.dicom`). With
 ``--probabilities`` also ``<case>_probabilities.nii.gz`` (one volume per class, values in [0, 1]).
+``--output-format dicom-seg`` writes ``<output>/<case>.dcm`` instead: one multi-class DICOM SEG per
+series (:mod:`pipeline.inference.dicom_seg`).
 A scan that cannot be read is reported and skipped; the exit code is 1 if any scan failed, 2 if the
 model folder or the input cannot be used.
 """
@@ -24,10 +27,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.core import dicom
 from pipeline.core.dataset import IMAGE_SUFFIXES, Case, strip_suffix
+from pipeline.inference.dicom_seg import CodeMapError, load_code_map, write_seg
 from pipeline.inference.masks import mask_name, save_mask
 from pipeline.inference.model_folder import ModelFolderError
-from pipeline.inference.predictor import Predictor, UnreadableScanError, save_probabilities
+from pipeline.inference.predictor import Prediction, Predictor, UnreadableScanError, save_probabilities
 
 logger = logging.getLogger("pipeline.tools.predict")
 
@@ -40,16 +45,20 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     Multi-channel models take one file per channel named ``<case>_0000``, ``<case>_0001``, ...
     (nnU-Net's convention).
     """
-    if path.is_file():
+    if path.is_file() or dicom.holds_dicom_files(path):
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or dicom.is_dicom_folder(p)
+        )
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
     if not files:
-        raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or DICOM series folders")
     if in_channels == 1:
-        return [Case(strip_suffix(f.name), (f,)) for f in files]
+        return [Case(f.name if f.is_dir() else strip_suffix(f.name), (f,)) for f in files]
     groups: dict[str, dict[int, Path]] = {}
     for f in files:
         m = CHANNEL.match(strip_suffix(f.name))
@@ -79,6 +88,33 @@ def check_outputs(cases: list[Case], output: Path) -> None:
                 raise ValueError(f"{output / name}: the output would overwrite an input scan; choose another --output")
 
 
+def check_dicom_seg(cases: list[Case], output: Path) -> None:
+    """``--output-format dicom-seg``: every scan must be a DICOM series, and no SEG may land inside one."""
+    for case in cases:
+        if not case.images[0].is_dir():
+            raise ValueError(f"{case.images[0]}: --output-format dicom-seg needs DICOM series (folders) as input")
+        if output.resolve().is_relative_to(case.images[0].resolve()):
+            raise ValueError(f"{output}: the SEG files would be written inside the series {case.images[0]}")
+
+
+def write_outputs(
+    case: Case, pred: Prediction, args: argparse.Namespace, names: dict, codes: dict | None, values: tuple
+) -> Path:
+    """The mask (see :func:`~pipeline.inference.masks.save_mask`; and probabilities) or the series' SEG ``<case>.dcm``.
+
+    A SEG's segment numbers are the model's classes 1..K-1, named by the model's labels.
+    """
+    if args.output_format == "dicom-seg":
+        out = write_seg(
+            pred.labels, dicom.read_volume(case.images[0]), names, args.output / f"{case.case_id}.dcm", codes
+        )
+    else:
+        out = save_mask(pred.labels, pred.reference, case.images[0], args.output, case.case_id, values)
+    if pred.probabilities is not None:
+        save_probabilities(pred.probabilities, pred.reference, args.output / f"{case.case_id}_probabilities.nii.gz")
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.tools.predict",
@@ -86,6 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="inputs: --model (a model folder), --input (a scan or a folder of scans)\n"
         "outputs: <output>/<case>.nii.gz on each scan's voxel grid (+ <case>_probabilities.nii.gz)\n"
+        "         (--output-format dicom-seg: <output>/<case>.dcm, one DICOM SEG per input DICOM series)\n"
         "exit status: 0 every scan predicted; 1 some scans failed (listed on stderr, the others written);\n"
         "             2 the model folder or the input cannot be used, or a usage error (nothing written)",
     )
@@ -102,6 +139,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--probabilities", action=tri, default=None, help="also write <case>_probabilities.nii.gz (default: model's)"
     )
+    parser.add_argument(
+        "--output-format",
+        choices=["nifti", "dicom-seg"],
+        default="nifti",
+        help="nifti: <case>.nii.gz (default); dicom-seg: <case>.dcm, one DICOM SEG per series (DICOM input only)",
+    )
+    parser.add_argument(
+        "--label-codes", type=Path, default=None, help="dicom-seg: JSON/YAML map class name or index -> codes"
+    )
+    dicom.add_rule_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -111,11 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    codes = None
     try:
+        dicom.set_series_rule(dicom.rule_from_args(args))
         predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
         cases = find_cases(args.input, int(predictor.meta["in_channels"]))
         check_outputs(cases, args.output)
-    except (ModelFolderError, FileNotFoundError, ValueError, RuntimeError) as err:
+        if args.output_format == "dicom-seg":
+            check_dicom_seg(cases, args.output)
+            codes = load_code_map(args.label_codes, predictor.labels) if args.label_codes else None
+    except (ModelFolderError, FileNotFoundError, ValueError, RuntimeError, CodeMapError) as err:
         logger.error("%s", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return 2
     inf = predictor.meta.get("inference", {})
@@ -137,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in tqdm(cases, desc="predict", unit="scan"):
         try:
             pred = predictor.predict(case, probabilities=with_probs)
-            out = save_mask(pred.labels, pred.reference, case.images[0], args.output, case.case_id, values)
-            if pred.probabilities is not None:
-                save_probabilities(
-                    pred.probabilities, pred.reference, args.output / f"{case.case_id}_probabilities.nii.gz"
-                )
+            out = write_outputs(case, pred, args, predictor.labels, codes, values)
         except UnreadableScanError as err:
             failures.append((case.case_id, str(err)))
             logger.error("%s", err)
