@@ -144,3 +144,32 @@ def test_process_rule_applies_to_folders_of_studies(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data, sitk.GetArrayFromImage(mr).T)
     with pytest.raises(dicom.DicomError, match="mixed series: 2 series"):
         dicom.read_array(tmp_path / "patient")
+
+
+def _label(image: sitk.Image, path: Path) -> Path:
+    label = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    label.CopyInformation(image)
+    label[2:6, 3:7, 1:4] = 1
+    sitk.WriteImage(label, str(path))
+    return path
+
+
+def test_validate_and_the_monai_loader_read_series_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A manifest dataset whose images are DICOM folders: validate names the broken series' folder."""
+    from pipeline.preprocessing.transforms import load_images
+    from pipeline.tools.validate import main as validate
+
+    image = oblique_image()
+    write_series(image, tmp_path / "good")
+    write_series(oblique_image(seed=5), tmp_path / "gappy", skip=[2])
+    rows = ["case_id,image,label"]
+    for case in ("good", "gappy"):
+        rows.append(f"{case},{case},{_label(image, tmp_path / f'{case}_label.nii.gz').name}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    assert validate([str(tmp_path), "--layout", "csv", "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'gappy'}" in out and "missing slice(s): 1 between slice_001.dcm and slice_003.dcm" in out
+    assert f"{tmp_path / 'good'} " not in out and "good_label" not in out  # the good case and its label pass
+    loaded = load_images(["image"])({"image": str(tmp_path / "good")})["image"]
+    np.testing.assert_array_equal(np.asarray(loaded), sitk.GetArrayFromImage(image).T.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(loaded.affine), readers.read_header(tmp_path / "good").affine, atol=1e-6)

@@ -32,7 +32,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.config import DicomConfig
-from pipeline.core.readers import Header, ReadError, _sitk_affine, sitk_to_xyz
+from pipeline.core.readers import Header, ReadError
+
+try:  # readers as a package (one module per backend)
+    from pipeline.core.readers.itk import sitk_affine as _sitk_affine
+    from pipeline.core.readers.itk import sitk_to_xyz
+except ImportError:  # readers as one module
+    from pipeline.core.readers import _sitk_affine, sitk_to_xyz  # type: ignore[attr-defined,no-redef]
 
 logger = logging.getLogger(__name__)
 

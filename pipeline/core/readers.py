@@ -90,6 +90,10 @@ def _check_file(path: Path) -> None:
 def read_header(path: str | Path) -> Header:
     """Header geometry of any supported file (reads the whole NIfTI file to check its integrity)."""
     path = Path(path)
+    from pipeline.core import dicom
+
+    if dicom.is_dicom_folder(path):  # a DICOM series (folder of slice files)
+        return dicom.read_header(path)
     _check_file(path)
     if is_nifti(path):
         return _nifti_header(_open_nifti(path))
@@ -99,6 +103,10 @@ def read_header(path: str | Path) -> Header:
 def read_array(path: str | Path) -> tuple[np.ndarray, Header]:
     """Voxel array in ``(x, y, z[, c])`` order (scaling applied) and the header of any supported file."""
     path = Path(path)
+    from pipeline.core import dicom
+
+    if dicom.is_dicom_folder(path):  # a DICOM series (folder of slice files)
+        return dicom.read_array(path)
     _check_file(path)
     if is_nifti(path):
         img = _open_nifti(path)
@@ -350,6 +358,13 @@ def sitk_to_xyz(img: sitk.Image) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- MONAI
 
 
+def _is_sitk_or_folder(path: str | Path) -> bool:
+    """Read through SimpleITK: NRRD/MetaImage files, DICOM series folders (:mod:`pipeline.core.dicom`)."""
+    from pipeline.core import dicom
+
+    return is_sitk(path) or dicom.is_dicom_folder(path)
+
+
 def _names(filename: Sequence[str | Path] | str | Path) -> tuple:
     return tuple(filename) if isinstance(filename, (list, tuple)) else (filename,)
 
@@ -370,14 +385,16 @@ def _build_monai_readers() -> dict[str, type]:
             self.channel_dim = channel_dim
 
         def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-            return all(is_sitk(f) for f in _names(filename))
+            return all(_is_sitk_or_folder(f) for f in _names(filename))
 
         def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> sitk.Image | list[sitk.Image]:
             names = _names(data)
+            from pipeline.core import dicom
+
             for name in names:
-                if not is_sitk(name):
+                if not _is_sitk_or_folder(name):
                     raise ValueError(f"{name}: not a SimpleITK format ({', '.join(SITK_SUFFIXES)})")
-            images = [sitk.ReadImage(str(name)) for name in names]
+            images = [dicom.read_image(n) if dicom.is_dicom_folder(n) else sitk.ReadImage(str(n)) for n in names]
             return images if len(names) > 1 else images[0]
 
         def get_data(self, img: sitk.Image | Sequence[sitk.Image]) -> tuple[np.ndarray, dict]:
@@ -421,10 +438,10 @@ def _build_monai_readers() -> dict[str, type]:
 
         def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
             names = _names(filename)
-            return all(is_nifti(f) for f in names) or all(is_sitk(f) for f in names)
+            return all(is_nifti(f) for f in names) or all(_is_sitk_or_folder(f) for f in names)
 
         def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> Any:
-            if all(is_sitk(f) for f in _names(data)):
+            if all(_is_sitk_or_folder(f) for f in _names(data)):
                 return self.sitk.read(data, **kwargs)
             return self.nifti.read(data, **kwargs)
 

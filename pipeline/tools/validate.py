@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from pipeline.core import dicom
 from pipeline.core.dataset import DATASET_ROW, Problem, read_dataset
 from pipeline.core.labels import INFERRED, resolve_labels
 from pipeline.core.validation import format_problems, summary_line, validate_dataset
@@ -34,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--manifest", default=None, help="CSV manifest (layout csv; default <root>/manifest.csv)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
+    dicom.add_rule_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        dicom.set_series_rule(dicom.rule_from_args(args))
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     info, label_problems = resolve_labels(read_dataset(args.root, args.layout, args.manifest))
     problems = [Problem(DATASET_ROW, f, p) for f, p in label_problems] + validate_dataset(info, args.workers)
