@@ -42,6 +42,8 @@ class DataConfig:
     layout: Literal["msd", "folder", "csv"] = "msd"
     manifest: str | None = None  # CSV with case_id,image,label (layout "csv")
     dicom: DicomConfig = field(default_factory=DicomConfig)  # series rule for images that are DICOM folders
+    # largest voxel count (all channels) one file may declare; bounds the memory a header can claim
+    max_voxels: int = 2**29  # 512x512x2048: a whole-body CT fits; a gzip bomb of zeros does not
 
 
 @dataclass(frozen=True)
@@ -352,4 +354,10 @@ def stage_args(description: str, argv: list[str] | None = None) -> tuple[argpars
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
-    return args, load(args.config)
+    cfg = load(args.config)
+    if cfg.data.max_voxels < 1:
+        raise ConfigError(f"{args.config}: data.max_voxels must be >= 1, got {cfg.data.max_voxels}")
+    from pipeline.core.readers import set_max_voxels  # every read of this process is bounded by it
+
+    set_max_voxels(cfg.data.max_voxels)
+    return args, cfg

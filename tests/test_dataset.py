@@ -251,3 +251,40 @@ def test_undeclared_folder_labels_are_inferred_from_the_masks(tmp_path: Path, ca
     assert resolved.label_values == (0, 255)
     assert main([str(root)]) == 0
     assert "label values found in the masks: 0 (background), 255 (foreground)" in capsys.readouterr().out
+
+
+def test_case_ids_must_be_plain_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ids that would build paths outside the output folders (or hidden, or multi-line) are problems naming
+    the manifest row / dataset.json entry / file; the CLI prints one line each and exits 1."""
+    from pipeline.tools import validate
+
+    root = _msd(tmp_path / "ds", GOOD)
+    bad_ids = ["../../../x", "/abs/x", ".hidden", "a b", "x/y", '"two\nlines"', "é" * 201]
+    rows = [f"{cid},imagesTr/a.nii.gz,labelsTr/a.nii.gz" for cid in bad_ids]
+    (root / "manifest.csv").write_text(
+        "case_id,image,label\n" + "\n".join(rows + ["ok_1.v-2,imagesTr/b.nii.gz,labelsTr/b.nii.gz"]) + "\n"
+    )
+    info = read_dataset(root, "csv")
+    assert [c.case_id for c in info.cases] == ["ok_1.v-2"]
+    assert [p.case_id for p in info.problems] == [f"line {n}" for n in range(2, 2 + len(bad_ids))]
+    assert all("is not a plain name" in p.problem and "\n" not in p.problem for p in info.problems)
+    assert validate.main([str(root), "--layout", "csv"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert sum("is not a plain name" in line for line in out) == len(bad_ids)
+
+    msd = _msd(tmp_path / "msd", GOOD)
+    _touch_nii(msd / "imagesTr" / ".x.nii.gz")
+    _touch_nii(msd / "labelsTr" / ".x.nii.gz")
+    meta = dict(GOOD, training=[*GOOD["training"], {"image": "./imagesTr/.x.nii.gz", "label": "./labelsTr/.x.nii.gz"}])
+    (msd / "dataset.json").write_text(json.dumps(meta))
+    info = read_msd(msd)
+    assert [c.case_id for c in info.cases] == ["a", "b"]
+    assert len(info.problems) == 1 and info.problems[0].case_id == f"training[{len(GOOD['training'])}]"
+
+    flat = tmp_path / "flat"
+    _touch_nii(flat / "c d_image.nii.gz")
+    _touch_nii(flat / "c d_label.nii.gz")
+    _touch_nii(flat / "e_image.nii.gz")
+    _touch_nii(flat / "e_label.nii.gz")
+    info = read_folder(flat)
+    assert [c.case_id for c in info.cases] == ["e"] and info.problems[0].file.endswith("c d_image.nii.gz")

@@ -288,3 +288,54 @@ def test_sixty_hippocampus_cases_all_metrics_under_30_seconds() -> None:
     seconds = time.perf_counter() - t0
     assert len(rows) == 120 and 0.3 < summary["mean_dice"] < 1.0
     assert seconds < 30, f"60 cases took {seconds:.1f} s"
+
+
+class GridPredictor(FakePredictor):
+    """The designed predictions on the image's grid, whatever its format (read by THE reader)."""
+
+    def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]:
+        from pipeline.core.readers import read_header
+        from pipeline.inference.predictor import reference_image
+
+        return _masks(case.case_id)[1], reference_image(read_header(case.images[0]))
+
+
+def test_nrrd_and_metaimage_datasets_are_evaluated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reference labels are read by the one reader: NRRD/MHA datasets score exactly like their NIfTI twin."""
+    import SimpleITK as sitk
+
+    raw = tmp_path / "raw"
+    _write_dataset(raw)
+    meta = json.loads((raw / "dataset.json").read_text())
+    for i, entry in enumerate(meta["training"]):
+        suffix = ".nrrd" if i % 2 else ".mha"
+        for key in ("image", "label"):
+            src = raw / entry[key]
+            sitk.WriteImage(sitk.ReadImage(str(src)), str(src).replace(".nii.gz", suffix))
+            src.unlink()
+            entry[key] = entry[key].replace(".nii.gz", suffix)
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    (tmp_path / "samples").mkdir()
+    pd.DataFrame({"case_id": ["c0", "c1", "c2", "c3"], "split": ["test"] * 4}).to_csv(
+        tmp_path / "samples" / "samples.csv", index=False
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = from_dict(_params(tmp_path, "itk"))
+    evaluate(cfg, GridPredictor(None))
+    per_case = pd.read_csv(tmp_path / "itk" / "metrics" / "per_case.csv")
+    organ = per_case[per_case.class_name == "organ"].set_index("case_id")
+    assert organ.loc["c0", "dice"] == 1.0 and 0.5 < organ.loc["c1", "dice"] < 1.0
+    assert organ.loc["c1", "label_file"] == "c1.nrrd" and organ.loc["c0", "label_file"] == "c0.mha"
+
+
+def test_provenance_hashes_every_channel_file(tmp_path: Path) -> None:
+    from pipeline.evaluation.evaluator import case_provenance
+
+    files = [tmp_path / "x_0000.nii.gz", tmp_path / "x_0001.nii.gz", tmp_path / "x.nii.gz"]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 10)
+    row = case_provenance(Case("x", tuple(files[:2]), files[2]))
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert row["image_sha256"] == f"{digests[0]};{digests[1]}" and row["label_sha256"] == digests[2]
+    assert row["image_file"] == "x_0000.nii.gz;x_0001.nii.gz"

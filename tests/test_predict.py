@@ -22,15 +22,15 @@ LESIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pyra
 needs_lesions = pytest.mark.skipif(not LESIONS.is_dir(), reason="shared lesion data not available")
 
 
-def model_folder(path: Path, seed: int = 0, dims: int = 3) -> Path:
+def model_folder(path: Path, seed: int = 0, dims: int = 3, in_channels: int = 1) -> Path:
     """A randomly initialised small network saved as a model folder (geometry does not need training)."""
     torch.manual_seed(seed)
     model_cfg = {"name": "monai_unet", "base_width": 4, "depth": 2}
-    net = build_model(spatial_dims=dims, in_channels=1, out_channels=2, **model_cfg)
+    net = build_model(spatial_dims=dims, in_channels=in_channels, out_channels=2, **model_cfg)
     meta = {
         "model": model_cfg,
         "spatial_dims": dims,
-        "in_channels": 1,
+        "in_channels": in_channels,
         "num_classes": 2,
         "labels": {"0": "background", "1": "lesion"},
         "plan": plan_dict((2.0, 2.0, 4.0), {0: "background", 1: "lesion"}),
@@ -99,7 +99,7 @@ def test_predict_folder_with_an_unreadable_scan_carries_on(
         assert probs.shape == (*nib.load(str(image)).shape, 2)
     assert not (out / "b.nii.gz").exists()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "b.nii.gz: cannot read the scan" in errors[0] and "\n" not in errors[0]
+    assert len(errors) == 1 and "b.nii.gz: truncated" in errors[0] and "\n" not in errors[0]
     assert any(r.getMessage().startswith("a: ") and " s (read " in r.getMessage() for r in caplog.records)  # timing
     err = capsys.readouterr().err
     assert "1 scan(s) failed" in err and "b.nii.gz" in err
@@ -154,3 +154,130 @@ def test_predict_refuses_to_overwrite_its_inputs(model: Path, tmp_path: Path) ->
     scan = small_scan(tmp_path / "one.nii.gz", 5)
     assert main(["--model", str(model), "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
     assert nib.load(str(scan)).get_data_dtype() == np.int16  # untouched
+
+
+def test_multichannel_scan_as_one_4d_file_or_one_file_per_channel(tmp_path: Path) -> None:
+    """A 2-channel model predicts a 4D scan and the same scan split into <case>_0000/_0001 alike."""
+    model = model_folder(tmp_path / "model2", in_channels=2)
+    affine = np.diag([0.9, 0.9, 4.0, 1.0])
+    chans = (np.random.default_rng(7).random((40, 36, 12, 2)) * 200).astype(np.float32)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(chans, affine), scans / "four.nii.gz")
+    for c in range(2):
+        nib.save(nib.Nifti1Image(chans[..., c], affine), scans / f"split_{c:04d}.nii.gz")
+    out = tmp_path / "out"
+    assert main(["--model", str(model), "--input", str(scans), "--output", str(out)]) == 0
+    four, split = nib.load(out / "four.nii.gz"), nib.load(out / "split.nii.gz")
+    assert four.shape == (40, 36, 12) and np.allclose(four.affine, affine)
+    assert np.array_equal(np.asarray(four.dataobj), np.asarray(split.dataobj))
+    one = tmp_path / "one"
+    one.mkdir()
+    nib.save(nib.Nifti1Image(chans[..., 0], affine), one / "single.nii.gz")  # one channel short
+    assert main(["--model", str(model), "--input", str(one), "--output", str(tmp_path / "out1")]) == 1
+    assert not (tmp_path / "out1" / "single.nii.gz").exists()
+
+
+def _hostile_folder(scans: Path) -> dict[str, str]:
+    """Bad scans (file name -> expected wording) mixed with good ones in one folder."""
+    import gzip
+    import struct
+
+    scans.mkdir()
+    affine = np.diag([-0.9, 0.9, 4.0, 1.0])
+    good = small_scan(scans / "good.nii.gz", 0)
+    nan = np.ones((20, 18, 6), np.float32)
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, affine), scans / "nan.nii.gz")
+    raw = bytearray(nib.Nifti1Image(np.ones((20, 18, 6), np.float32), affine).to_bytes())
+    raw[80:84] = struct.pack("<f", 0.0)  # pixdim[1] = 0
+    (scans / "flat.nii").write_bytes(bytes(raw))
+    nib.save(nib.Nifti1Image(np.ones((20, 18), np.float32), affine), scans / "slice.nii.gz")
+    (scans / "cut.nii.gz").write_bytes(good.read_bytes()[:1500])
+    (scans / "junk.nrrd").write_bytes(b"\x00\x01junk" * 20)
+    bomb = bytearray(nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4)).to_bytes())
+    bomb[40:56] = np.array([3, 1000, 1000, 1200, 1, 1, 1, 1], "<i2").tobytes()
+    (scans / "bomb.nii.gz").write_bytes(gzip.compress(bytes(bomb)))
+    (scans.parent / "secret.raw").write_bytes(bytes(range(256)) * 8)
+    (scans / "escape.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 16 16 8\nElementSpacing = 1 1 1\nElementType = MET_UCHAR\n"
+        "ElementDataFile = ../secret.raw\n"
+    )
+    (scans / ".good.tmp.nii.gz").write_bytes(b"half-written by an interrupted run")
+    (scans / "folder.nii.gz").mkdir()
+    return {
+        "folder.nii.gz": "not a regular file",
+        "nan.nii.gz": "NaN or Inf",
+        "flat.nii": "zero or negative voxel spacing",
+        "slice.nii.gz": "wrong dimensionality",
+        "cut.nii.gz": "truncated",
+        "junk.nrrd": "cannot read the header",
+        "bomb.nii.gz": "over the limit",
+        "escape.mhd": "outside the scan's folder",
+    }
+
+
+def test_predict_checks_every_scan_like_validate_and_writes_only_good_ones(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import tracemalloc
+
+    expected = _hostile_folder(tmp_path / "scans")
+    out = tmp_path / "out"
+    tracemalloc.start()
+    try:
+        code = main(["--model", str(model), "--input", str(tmp_path / "scans"), "--output", str(out)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and f"{len(expected)} scan(s) failed" in err
+    assert peak < 300 * 2**20  # the bomb's 1000x1000x1200 voxels were never allocated
+    for name, wording in expected.items():
+        lines = [line for line in err.splitlines() if name in line and line.startswith("  ")]
+        assert len(lines) == 1 and wording in lines[0], (name, lines)
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz"]  # nothing for bad or hidden files
+    assert ".good.tmp" not in err
+
+
+def test_predict_refuses_output_name_collisions_before_writing(model: Path, tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    small_scan(scans / "a.nii.gz", 0)
+    small_scan(scans / "a_probabilities.nii.gz", 1)  # its mask is a's probabilities file
+    out = tmp_path / "out"
+    assert main(["--model", str(model), "--input", str(scans), "--output", str(out), "--probabilities"]) == 2
+    assert not out.exists()
+    assert main(["--model", str(model), "--input", str(scans), "--output", str(out), "--no-probabilities"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a_probabilities.nii.gz"]
+
+
+def test_mlflow_model_refuses_a_scan_reading_outside_its_folder(model: Path, tmp_path: Path) -> None:
+    from pipeline.inference.mlflow_model import SegmentationModel
+    from pipeline.inference.predictor import UnreadableScanError
+
+    _hostile_folder(tmp_path / "scans")
+    pyfunc = SegmentationModel()
+    pyfunc.predictor = Predictor(model, "cpu")
+    for name, wording in (("escape.mhd", "outside the scan's folder"), ("bomb.nii.gz", "over the limit")):
+        with pytest.raises(UnreadableScanError, match=rf"{name}: .*{wording}"):
+            pyfunc.predict(None, [str(tmp_path / "scans" / name)])
+    assert pyfunc.predict(None, [str(tmp_path / "scans" / "good.nii.gz")])[0].shape == (40, 36, 12)
+
+
+def test_predict_max_voxels_refuses_larger_scans_unread(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pipeline.core import readers
+
+    scan = small_scan(tmp_path / "big.nii.gz", 3)  # 40x36x12 = 17280 voxels
+    try:
+        assert (
+            main(
+                ["--model", str(model), "--input", str(scan), "--output", str(tmp_path / "o"), "--max-voxels", "17279"]
+            )
+            == 1
+        )
+    finally:
+        readers.set_max_voxels(None)
+    assert "over the limit of 17279" in capsys.readouterr().err and not (tmp_path / "o").exists()

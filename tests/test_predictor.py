@@ -200,8 +200,8 @@ def test_unreadable_scan_is_a_clear_error(scan, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.nii"
     garbage.write_text("not an image")
     predictor = threshold_predictor(path, 3)
-    for bad in (broken, garbage):
-        with pytest.raises(UnreadableScanError, match=rf"{bad.name}: cannot read the scan"):
+    for bad, wording in ((broken, "truncated"), (garbage, "truncated: 12 bytes is too short for a NIfTI header")):
+        with pytest.raises(UnreadableScanError, match=rf"{bad.name}: {wording}"):
             predictor.predict(Case("x", (bad,)))
 
 

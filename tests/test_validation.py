@@ -347,9 +347,9 @@ def test_readers_agree_across_formats(tmp_path: Path) -> None:
         assert read_header(path).shape == SHAPE
     with pytest.raises(ReadError, match="file not found"):
         read_array(tmp_path / "nope.nii.gz")
-    (tmp_path / "x.png").write_bytes(b"png")
-    with pytest.raises(ReadError, match="unsupported file type '.png'"):
-        read_array(tmp_path / "x.png")
+    (tmp_path / "x.xyz").write_bytes(b"xyz")
+    with pytest.raises(ReadError, match="unsupported file type '.xyz'"):
+        read_array(tmp_path / "x.xyz")
 
 
 def test_itk_format_failures_are_one_line(tmp_path: Path) -> None:

@@ -15,12 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.image2d import IMAGE2D_SUFFIXES
 from pipeline.core.labels import declared_labels
+from pipeline.core.readers import is_image_file, strip_suffix
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") + IMAGE2D_SUFFIXES
 DATASET_ROW = "(dataset)"  # case id used for problems of the dataset description itself
 DEFAULT_LABELS = {0: "background", 1: "foreground"}
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
@@ -41,6 +40,26 @@ class Problem:
     case_id: str
     file: str
     problem: str
+
+
+#: a case id is a plain name: it names files (``<case>.nii.gz``, ``images/<case>.npy``) and nothing else
+PLAIN_CASE_ID = re.compile(r"[\w-][\w.-]*")
+MAX_CASE_ID = 200  # characters: room for suffixes like "_probabilities.nii.gz" within a 255-byte file name
+
+
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` is not a plain name (letters, digits, '.', '_', '-'; no leading dot), or None."""
+    if PLAIN_CASE_ID.fullmatch(case_id) and len(case_id) <= MAX_CASE_ID:
+        return None
+    return (
+        f"case id {printable(case_id)!r} is not a plain name (letters, digits, '.', '_', '-'; no leading dot; "
+        f"at most {MAX_CASE_ID} characters)"
+    )
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so that a report line stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 @dataclass(frozen=True)
@@ -81,14 +100,6 @@ class DatasetInfo:
         """Raise :class:`DatasetError` listing the description problems, if any."""
         if self.problems:
             raise DatasetError("; ".join(f"{p.file}: {p.problem}" for p in self.problems))
-
-
-def strip_suffix(name: str) -> str:
-    """``case_001.nii.gz`` -> ``case_001``."""
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def _abs(path: str | Path) -> Path:
@@ -238,6 +249,9 @@ def read_msd(root: str | Path) -> DatasetInfo:
             raw_images = raw if isinstance(raw, list) and raw else [raw]  # a list: one file per channel
             first = raw_images[0]
             cid = _case_id(first, len(raw_images) > 1) if isinstance(first, str) and first.strip() else where
+            if cid != where and (bad := case_id_problem(cid)) is not None:
+                problems.append(Problem(where, str(source), f"malformed dataset.json: {where}: {bad}"))
+                continue
             n_before = len(problems)
             prefix = "malformed dataset.json: "
             images = [_inside(root, r, where, "image", source, cid, problems, prefix) for r in raw_images]
@@ -305,6 +319,9 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
         if not cid:
             problems.append(Problem(f"line {n}", str(manifest), f"malformed manifest: line {n} has no case_id"))
             continue
+        if (bad := case_id_problem(cid)) is not None:
+            problems.append(Problem(f"line {n}", str(manifest), f"malformed manifest: line {n}: {bad}"))
+            continue
         n_before = len(problems)
         prefix = "malformed manifest: "
         image = _inside(root, row.get("image"), f"line {n}", "image", manifest, cid, problems, prefix)
@@ -318,7 +335,7 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def _untag(name: str, tags: tuple[str, ...]) -> str | None:
@@ -363,6 +380,9 @@ def read_folder(root: str | Path) -> DatasetInfo:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
     cases = []
     for cid, files in sorted(_group_channels(images, label_files, problems).items()):
+        if (bad := case_id_problem(cid)) is not None:
+            problems.append(Problem(DATASET_ROW, str(files[0]), bad))
+            continue
         if cid not in label_files:
             problems.append(Problem(cid, str(files[0]), "no label file for this image"))
             continue

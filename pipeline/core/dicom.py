@@ -33,12 +33,7 @@ import SimpleITK as sitk
 
 from pipeline.config import DicomConfig
 from pipeline.core.readers import Header, ReadError
-
-try:  # readers as a package (one module per backend)
-    from pipeline.core.readers.itk import sitk_affine as _sitk_affine
-    from pipeline.core.readers.itk import sitk_to_xyz
-except ImportError:  # readers as one module
-    from pipeline.core.readers import _sitk_affine, sitk_to_xyz  # type: ignore[attr-defined,no-redef]
+from pipeline.core.readers.itk import sitk_affine, sitk_to_xyz
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +254,7 @@ class Volume:
     @property
     def affine(self) -> np.ndarray:
         """4x4 voxel index -> RAS world (mm)."""
-        return _sitk_affine(self.direction.ravel(), self.spacing, self.origin)
+        return sitk_affine(self.direction.ravel(), self.spacing, self.origin)
 
 
 def _floats(ds: Any, keyword: str, n: int, name: str) -> np.ndarray:

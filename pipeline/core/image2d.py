@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.readers import Header, ReadError
+from pipeline.core.readers import IMAGE2D_SUFFIXES, Header, ReadError
 
 logger = logging.getLogger(__name__)
 
-IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: ITU-R BT.601 luma weights (what Pillow's ``convert("L")`` uses)
 LUMA = (0.299, 0.587, 0.114)

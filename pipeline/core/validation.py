@@ -17,11 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.dataset import DATASET_ROW, Case, DatasetInfo, Problem
+from pipeline.core.dataset import DATASET_ROW, Case, DatasetInfo, Problem, printable
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import Header, ReadError, read_array
 
-__all__ = ["Problem", "check_case", "validate_dataset", "format_problems", "summary_line", "validate_or_exit"]
+__all__ = [
+    "Problem",
+    "check_case",
+    "check_scan",
+    "validate_dataset",
+    "format_problems",
+    "summary_line",
+    "validate_or_exit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +157,18 @@ def _check_channels(images: Sequence[tuple[np.ndarray, Header] | None], channels
     return [Problem(case.case_id, str(case.images[0]), msg)]
 
 
+def check_scan(case_id: str, paths: Sequence[Path]) -> tuple[list[tuple[np.ndarray, Header] | None], list[Problem]]:
+    """Read and check the image file(s) of one scan (each on its own, then each channel file against the
+    first); returns one read per file (None for a file that is unusable) and the problems."""
+    problems: list[Problem] = []
+    images = [_check_image(p, case_id, problems) for p in paths]
+    ref = images[0] if images else None
+    for path, other in zip(paths[1:], images[1:], strict=True):
+        if ref is not None and other is not None:
+            problems.extend(_check_pair(ref, other, "channel", path, case_id))
+    return images, problems
+
+
 def check_case(
     case: Case, labels: dict[int, str], labels_source: str = "dataset.json", channels: int | None = None
 ) -> list[Problem]:
@@ -158,13 +178,10 @@ def check_case(
     """
     problems: list[Problem] = []
     try:
-        images = [_check_image(p, case.case_id, problems) for p in case.images]
+        images, problems = check_scan(case.case_id, case.images)
         if channels is not None:
             problems.extend(_check_channels(images, channels, case))
         ref = images[0]
-        for path, other in zip(case.images[1:], images[1:], strict=True):
-            if ref is not None and other is not None:
-                problems.extend(_check_pair(ref, other, "channel", path, case.case_id))
         if case.label is None:
             return problems
         read = _read(case.label, case.case_id, problems)
@@ -227,7 +244,9 @@ def validate_dataset(info: DatasetInfo, workers: int | None = None, progress: bo
 
 def format_problems(problems: Sequence[Problem]) -> str:
     """A plain-text table ``case  file  problem``, one line per problem."""
-    rows = [("case", "file", "problem")] + [(p.case_id, p.file, " ".join(str(p.problem).split())) for p in problems]
+    rows = [("case", "file", "problem")] + [
+        (printable(p.case_id), printable(p.file), " ".join(printable(p.problem).split())) for p in problems
+    ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)

@@ -85,14 +85,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
         scored = pred
         if pictures[-1] and pred.ndim == 3 and pred.shape[2] == 1:  # 2D metrics (contours, not slabs), in pixels
             scored, ref, spacing = pred[..., 0], ref[..., 0], spacing[:2]
-        provenance = {
-            "case_id": case.case_id,
-            "image_file": case.images[0].name,
-            "image_sha256": sha256(case.images[0]),
-            "label_file": case.label.name,
-            "label_sha256": sha256(case.label),
-            "predict_seconds": round(seconds, 3),
-        }
+        provenance = {**case_provenance(case), "predict_seconds": round(seconds, 3)}
         for m in case_metrics(scored, ref, spacing, labels, e.nsd_tolerance_mm, policy):
             rows.append({**provenance, **m})
     per_case = pd.DataFrame(rows)
@@ -171,6 +164,17 @@ def _to_ras(arrays: Sequence[np.ndarray], affine: np.ndarray, zooms: Sequence[fl
     for axis, (new_axis, _) in enumerate(ornt):
         spacing[int(new_axis)] = float(zooms[axis])
     return out, tuple(spacing)
+
+
+def case_provenance(case: Case) -> dict[str, str]:
+    """The input files of a case and their SHA-256 (every channel file, joined with ``;``)."""
+    return {
+        "case_id": case.case_id,
+        "image_file": ";".join(p.name for p in case.images),
+        "image_sha256": ";".join(sha256(p) for p in case.images),
+        "label_file": case.label.name if case.label is not None else "",
+        "label_sha256": sha256(case.label) if case.label is not None else "",
+    }
 
 
 def load_overlay(

@@ -26,16 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import EvaluateConfig, to_dict
-from pipeline.core.dataset import (
-    IMAGE_SUFFIXES,
-    LABEL_TAGS,
-    Case,
-    DatasetError,
-    read_dataset,
-    read_labels,
-    strip_suffix,
-)
-from pipeline.core.readers import Header, ReadError, read_array
+from pipeline.core.dataset import LABEL_TAGS, Case, DatasetError, read_dataset, read_labels
+from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, read_array, strip_suffix
 from pipeline.evaluation.evaluator import empty_policy, load_overlay, write_results
 from pipeline.evaluation.metrics import case_metrics, summarize
 from pipeline.evaluation.report import case_ranking, pick_cases
@@ -77,7 +69,7 @@ def mask_files(folder: Path) -> dict[str, Path]:
         raise ScoreError(f"{folder}: folder not found")
     out: dict[str, Path] = {}
     problems = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)):
+    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         cid = case_id_of(path)
         if cid in out:
             problems.append(f"{path}: case id {cid!r} also names {out[cid].name}")
@@ -85,7 +77,7 @@ def mask_files(folder: Path) -> dict[str, Path]:
     if problems:
         raise ScoreError("\n".join(problems))
     if not out:
-        raise ScoreError(f"{folder}: no mask files ({', '.join(IMAGE_SUFFIXES)})")
+        raise ScoreError(f"{folder}: no mask files ({', '.join(SUPPORTED_SUFFIXES)})")
     return out
 
 

@@ -20,7 +20,6 @@ window). The scan-grid probabilities of all classes never exist at once in float
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +33,13 @@ from monai.transforms import Compose, LoadImaged
 from pipeline.core import io
 from pipeline.core.dataset import Case
 from pipeline.core.geometry import native_mapping, resample_to_native
-from pipeline.core.readers import is_nifti
+from pipeline.core.readers import Header
+from pipeline.core.readers.monai_reader import load_image
+from pipeline.core.validation import check_scan
 from pipeline.inference.model_folder import load_model_folder
 from pipeline.inference.postprocess import keep_largest_component
 from pipeline.inference.windows import WindowPredictor, build_inferer, default_device, mirror_axes
 from pipeline.preprocessing.plan import Plan
-from pipeline.preprocessing.preprocessor import case_data
 from pipeline.preprocessing.transforms import preprocessing
 from pipeline.sampling.augment import window_dims
 
@@ -53,54 +53,29 @@ class UnreadableScanError(ValueError):
     """A scan file that cannot be read as an image; the message names the file."""
 
 
-def reference_image(path: str | Path) -> nib.Nifti1Image:
-    """The scan as NIfTI (header and lazily read data); raises :class:`UnreadableScanError`."""
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # noqa: BLE001 - any reader failure means the same to the user
-        raise UnreadableScanError(f"{path}: cannot read the scan ({_one_line(err)})") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        img = nib.Nifti1Image(img.dataobj, img.affine)
+def reference_image(header: Header) -> nib.Nifti1Image:
+    """A data-less NIfTI on the scan's voxel grid to write outputs with (a NIfTI scan's sform/qform codes kept)."""
+    shape = tuple(header.shape[:3])
+    if isinstance(header.native, nib.Nifti1Header):  # NIfTI-2 headers are NIfTI-1 headers' subclass
+        return nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), header.affine, header.native)
+    img = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), header.affine)
+    img.set_sform(header.affine, 1)
+    img.set_qform(header.affine, 1)
     return img
 
 
-def itk_to_nifti(path: str | Path, out: str | Path) -> Path:
-    """Convert an ITK image (NRRD, MHA, MHD) to NIfTI on the same voxel grid (LPS -> RAS affine)."""
-    import SimpleITK as sitk
-
-    from pipeline.core import dicom
-
-    try:
-        img = dicom.read_image(path) if Path(path).is_dir() else sitk.ReadImage(str(path))
-    except dicom.DicomError as err:
-        raise UnreadableScanError(f"{path}: {err}") from None
-    except RuntimeError as err:
-        raise UnreadableScanError(f"{path}: cannot read the scan ({_one_line(err)})") from None
-    if img.GetDimension() != 3:
-        raise UnreadableScanError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
-    array = sitk.GetArrayFromImage(img)  # (z, y, x[, components])
-    array = np.moveaxis(array, (0, 1, 2), (2, 1, 0))  # -> (x, y, z[, components])
-    direction = np.asarray(img.GetDirection()).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = direction * np.asarray(img.GetSpacing())[None, :]
-    affine[:3, 3] = img.GetOrigin()
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK is LPS, NIfTI is RAS
-    nii = nib.Nifti1Image(np.ascontiguousarray(array), affine)
-    nii.set_sform(affine, 1)
-    nii.set_qform(affine, 1)
-    nib.save(nii, str(out))
-    return Path(out)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
+def read_checked(case: Case, in_channels: int) -> tuple[MetaTensor, nib.Nifti1Image]:
+    """The case's scan (one 4D file or one file per channel) as ``LoadImaged`` gives it, after the checks
+    ``validate`` runs on every scan; raises :class:`UnreadableScanError` naming the bad file."""
+    reads, problems = check_scan(case.case_id, case.images)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise UnreadableScanError(f"{problems[0].file}: {problems[0].problem}{more}")
+    ok = [r for r in reads if r is not None]
+    channels = sum(1 if data.ndim == 3 else int(data.shape[-1]) for data, _ in ok)
+    if channels != in_channels:
+        raise UnreadableScanError(f"{case.images[0]}: {channels} channel(s), the model takes {in_channels}")
+    return load_image(ok, case.images[0]), reference_image(ok[0][1])
 
 
 def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, path: str | Path) -> Path:
@@ -190,7 +165,7 @@ class Predictor:
         first = self.chain.transforms[0]
         if not isinstance(first, LoadImaged):  # pragma: no cover - guards a change in transforms.py
             raise TypeError("the preprocessing chain must start with LoadImaged")
-        self._load, self._rest = first, Compose(self.chain.transforms[1:])
+        self._rest = Compose(self.chain.transforms[1:])  # the scan itself is read (and checked) by read_checked
 
     def _use_half(self, voxels: int) -> bool:
         if self.half_precision is not None:
@@ -208,20 +183,8 @@ class Predictor:
             marks.append(time.monotonic())
             timings[name] = marks[-1] - marks[-2]
 
-        with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-            images = tuple(
-                p if is_nifti(p) else itk_to_nifti(p, Path(tmp) / f"{i}.nii") for i, p in enumerate(case.images)
-            )
-            reference = reference_image(images[0])
-            try:
-                data = self._load(case_data(Case(case.case_id, images, None)))
-            except Exception as err:  # noqa: BLE001 - reported as one clear line
-                raise UnreadableScanError(
-                    f"{case.images[0]}: cannot read the scan ({_one_line(_root_cause(err))})"
-                ) from err
-            if images[0] != case.images[0]:  # converted copy: keep its header only, the file goes away
-                shape = reference.shape
-                reference = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), reference.affine, reference.header)
+        scan, reference = read_checked(case, int(self.meta.get("in_channels", 1)))
+        data = {"image": scan}
         lap("read")
         data = self._rest(data)
         lap("preprocess")

@@ -24,7 +24,7 @@ from pipeline.core import io
 from pipeline.core.dataset import Case, DatasetInfo
 from pipeline.core.labels import to_classes
 from pipeline.core.parallel import run_pool
-from pipeline.core.readers import read_array
+from pipeline.core.readers import read_array, read_scan
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +43,6 @@ def source_key(case: Case) -> str:
     return ";".join(parts)
 
 
-def _read_channels(case: Case) -> tuple[np.ndarray, np.ndarray, str]:
-    """Image as (C, X, Y, Z) float32 (stored axis order), its RAS affine and dtype."""
-    arrays, affine, dtype = [], None, ""
-    for path in case.images:
-        data, header = read_array(path)
-        if affine is None:
-            affine, dtype = header.affine, header.dtype
-        data = np.asarray(data, dtype=np.float32)
-        arrays.extend([data] if data.ndim == 3 else list(np.moveaxis(data, -1, 0)))
-    return np.stack(arrays), np.asarray(affine), dtype
-
-
 def _bbox_shape(mask: np.ndarray) -> list[int]:
     """Extent (voxels) of the True region along each axis; 0 when empty."""
     shape = []
@@ -70,7 +58,8 @@ def fingerprint_case(
     """One row of the fingerprint table and the foreground intensity samples, (C, n) float32.
 
     ``labels`` are the classes, ``label_values`` their stored values (see :mod:`pipeline.core.labels`)."""
-    image, affine, dtype = _read_channels(case)
+    image, header = read_scan(case.images)  # (C, X, Y, Z) float32, stored axis order
+    affine, dtype = np.asarray(header.affine), header.dtype
     spatial = image.shape[1:]
     ornt = nib.orientations.io_orientation(affine)
     ras = np.argsort(ornt[:, 0])  # stored axis that becomes RAS axis i

@@ -11,8 +11,11 @@ holding DICOM files is one scan (see :mod:`pipeline.core.dicom`). With
 ``--probabilities`` also ``<case>_probabilities.nii.gz`` (one volume per class, values in [0, 1]).
 ``--output-format dicom-seg`` writes ``<output>/<case>.dcm`` instead: one multi-class DICOM SEG per
 series (:mod:`pipeline.inference.dicom_seg`).
-A scan that cannot be read is reported and skipped; the exit code is 1 if any scan failed, 2 if the
-model folder or the input cannot be used.
+Every scan gets the checks ``validate`` runs (readable, complete, no NaN/Inf, positive spacing, 3D or 4D
+multi-channel, data files inside its folder, declared size within ``--max-voxels``); a scan that fails them
+is reported by file name and skipped, nothing is written for it, and the exit code is 1. Hidden files
+(``.x.tmp.nii.gz`` left by an interrupted run) are not scans. Exit code 2, with nothing written, when the
+model folder or the input cannot be used or two outputs would have one name.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core import dicom
-from pipeline.core.dataset import IMAGE_SUFFIXES, Case, strip_suffix
+from pipeline.core.dataset import Case
+from pipeline.core.readers import DEFAULT_MAX_VOXELS, SUPPORTED_SUFFIXES, is_image_file, set_max_voxels, strip_suffix
 from pipeline.inference.dicom_seg import CodeMapError, load_code_map, write_seg
 from pipeline.inference.masks import mask_name, save_mask
 from pipeline.inference.model_folder import ModelFolderError
@@ -40,50 +44,50 @@ CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
-    """One case per scan file (a file, or every image file in a folder, sorted).
+    """One case per scan (a file, or every image in a folder, sorted; hidden files such as ``.x.tmp.nii.gz``
+    left by an interrupted run are not scans). A folder holding DICOM files is one scan; in a folder of
+    scans, every sub-folder holding DICOM files (at any depth) is one.
 
-    Multi-channel models take one file per channel named ``<case>_0000``, ``<case>_0001``, ...
-    (nnU-Net's convention).
+    Multi-channel models take one 4D file (channels last) per case, or one file per channel named
+    ``<case>_0000``, ``<case>_0001``, ... (nnU-Net's convention).
     """
-    if path.is_file() or dicom.holds_dicom_files(path):
-        files = [path]
-    elif path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or dicom.is_dicom_folder(p)
-        )
-    else:
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir() and not dicom.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
+        files = sorted(p for p in path.iterdir() if is_image_file(p))
+    else:
+        files = [path]
     if not files:
-        raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or DICOM series folders")
+        raise FileNotFoundError(f"{path}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) or DICOM series folders")
     if in_channels == 1:
         return [Case(f.name if f.is_dir() else strip_suffix(f.name), (f,)) for f in files]
     groups: dict[str, dict[int, Path]] = {}
+    cases = []
     for f in files:
         m = CHANNEL.match(strip_suffix(f.name))
-        if m is None:
-            raise FileNotFoundError(f"{f}: a {in_channels}-channel model needs files named <case>_0000, <case>_0001...")
-        groups.setdefault(m["case"], {})[int(m["channel"])] = f
-    cases = []
+        if m is None:  # one file holding every channel
+            cases.append(Case(strip_suffix(f.name), (f,)))
+        else:
+            groups.setdefault(m["case"], {})[int(m["channel"])] = f
     for cid, chans in sorted(groups.items()):
         if sorted(chans) != list(range(in_channels)):
             raise FileNotFoundError(f"{cid}: expected channels 0..{in_channels - 1}, found {sorted(chans)}")
         cases.append(Case(cid, tuple(chans[i] for i in range(in_channels))))
-    return cases
+    return sorted(cases, key=lambda c: c.case_id)
 
 
-def check_outputs(cases: list[Case], output: Path) -> None:
-    """Refuse two scans with the same case id, and outputs that would overwrite an input scan."""
-    seen: dict[str, Path] = {}
+def check_outputs(cases: list[Case], output: Path, probabilities: bool = True) -> None:
+    """Refuse, before anything is written, two outputs with one name (two scans with one case id, or a scan
+    ``a_probabilities`` against scan ``a``'s probabilities) and outputs that would overwrite an input scan."""
+    owner: dict[str, Path] = {}
     inputs = {p.resolve() for c in cases for p in c.images}
     for case in cases:
-        if case.case_id in seen:
-            raise ValueError(
-                f"{case.images[0]} and {seen[case.case_id]} would both be written as {case.case_id}.nii.gz"
-            )
-        seen[case.case_id] = case.images[0]
-        for name in (mask_name(case.case_id, case.images[0]), f"{case.case_id}_probabilities.nii.gz"):
+        names = [mask_name(case.case_id, case.images[0])]
+        names += [f"{case.case_id}_probabilities.nii.gz"] if probabilities else []
+        for name in names:
+            if name in owner:
+                raise ValueError(f"{case.images[0]} and {owner[name]} would both be written as {output / name}")
+            owner[name] = case.images[0]
             if (output / name).resolve() in inputs:
                 raise ValueError(f"{output / name}: the output would overwrite an input scan; choose another --output")
 
@@ -148,6 +152,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--label-codes", type=Path, default=None, help="dicom-seg: JSON/YAML map class name or index -> codes"
     )
+    parser.add_argument(
+        "--max-voxels",
+        type=int,
+        default=DEFAULT_MAX_VOXELS,
+        help="largest voxel count a scan file may declare; larger scans are refused unread (default: %(default)s)",
+    )
     dicom.add_rule_arguments(parser)
     return parser.parse_args(argv)
 
@@ -161,17 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     codes = None
     try:
         dicom.set_series_rule(dicom.rule_from_args(args))
+        set_max_voxels(args.max_voxels)
         predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
+        inf = predictor.meta.get("inference", {})
+        with_probs = inf.get("save_probabilities", False) if args.probabilities is None else args.probabilities
         cases = find_cases(args.input, int(predictor.meta["in_channels"]))
-        check_outputs(cases, args.output)
+        check_outputs(cases, args.output, with_probs)
         if args.output_format == "dicom-seg":
             check_dicom_seg(cases, args.output)
             codes = load_code_map(args.label_codes, predictor.labels) if args.label_codes else None
     except (ModelFolderError, FileNotFoundError, ValueError, RuntimeError, CodeMapError) as err:
         logger.error("%s", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return 2
-    inf = predictor.meta.get("inference", {})
-    with_probs = inf.get("save_probabilities", False) if args.probabilities is None else args.probabilities
     values = tuple(predictor.meta["plan"].get("label_values") or ())  # masks keep the dataset's label values
     logger.info(
         "%d scan(s); model %s (%dD, %s), mirroring %s, largest component %s, device %s, %d threads",
@@ -195,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", err)
             continue
         except Exception as err:  # noqa: BLE001 - one bad scan must not stop the others
-            message = f"{case.images[0]}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+            while err.__cause__ is not None:  # MONAI wraps the real error in "applying transform ..."
+                err = err.__cause__  # type: ignore[assignment]
+            text = " ".join(str(err).split())[:200]
+            message = f"{case.images[0]}: cannot predict this scan: {type(err).__name__}: {text}"
             failures.append((case.case_id, message))
             logger.error("%s", message)
             continue

@@ -12,6 +12,7 @@ import sys
 from pipeline.core import dicom
 from pipeline.core.dataset import DATASET_ROW, Problem, read_dataset
 from pipeline.core.labels import INFERRED, resolve_labels
+from pipeline.core.readers import DEFAULT_MAX_VOXELS, set_max_voxels
 from pipeline.core.validation import format_problems, summary_line, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--manifest", default=None, help="CSV manifest (layout csv; default <root>/manifest.csv)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
+    parser.add_argument(
+        "--max-voxels",
+        type=int,
+        default=DEFAULT_MAX_VOXELS,
+        help="largest voxel count a file may declare (default: %(default)s, config data.max_voxels)",
+    )
     dicom.add_rule_arguments(parser)
     args = parser.parse_args(argv)
     try:
         dicom.set_series_rule(dicom.rule_from_args(args))
     except ValueError as err:
         parser.error(str(err))
+    if args.max_voxels < 1:
+        parser.error("--max-voxels must be >= 1")
+    set_max_voxels(args.max_voxels)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     info, label_problems = resolve_labels(read_dataset(args.root, args.layout, args.manifest))
     problems = [Problem(DATASET_ROW, f, p) for f, p in label_problems] + validate_dataset(info, args.workers)
