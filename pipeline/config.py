@@ -215,6 +215,7 @@ class MlflowConfig:
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "segmentation"
+    registered_model: str | None = "segpipe"  # evaluate registers the model under this name (null: not)
 
 
 @dataclass(frozen=True)

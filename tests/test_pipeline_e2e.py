@@ -119,6 +119,51 @@ def test_second_repro_runs_nothing(repo: Path, first_run: str) -> None:
     assert _stages_run(out) == set(), out
 
 
+def test_registered_model_predicts_the_masks_of_predict(
+    repo: Path, first_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from pipeline.tools import predict
+
+    monkeypatch.chdir(repo)  # the store keeps its artifacts under the project folder
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    meta = json.loads((repo / "models/model/model.json").read_text())
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    name = yaml.safe_load((repo / "configs/params.yaml").read_text())["mlflow"]["registered_model"]
+    versions = mlflow.MlflowClient(uri).search_model_versions(f"name = '{name}'")
+    [version] = [v for v in versions if v.run_id == meta["mlflow"]["run_id"]]
+    assert float(version.tags["test.mean_dice"]) == pytest.approx(summary["mean_dice"], abs=1e-9)
+    assert version.tags["weights_sha256"] == meta["weights_sha256"] and int(version.tags["test.n_cases"]) == 3
+
+    cid = json.loads((repo / "data/splits.json").read_text())["test"][0]
+    scan = repo / "data/raw/synthetic/imagesTr" / f"{cid}.nii.gz"
+    assert predict.main(["--model", str(repo / "models/model"), "--input", str(scan), "--output", str(tmp_path)]) == 0
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    [labels] = loaded.predict([str(scan)])
+    expected = np.asarray(nib.load(tmp_path / f"{cid}.nii.gz").dataobj)
+    assert labels.shape == expected.shape and np.array_equal(labels, expected) and expected.any()
+
+
+def test_collaborator_round_trip_through_a_dvc_remote(repo: Path, first_run: str, tmp_path: Path) -> None:
+    """README "Sharing": push from one clone to a remote, pull into another, where nothing needs to run."""
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
+    _run(["git", "add", "-A"], repo)
+    _run([*git, "commit", "-q", "-m", "results and remote"], repo)
+    _run([sys.executable, "-m", "dvc", "push"], repo)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    _run([sys.executable, "-m", "dvc", "pull"], clone)
+    out = _run([sys.executable, "-m", "dvc", "repro"], clone)
+    assert _stages_run(out) == set() and "Data and pipelines are up to date" in out, out
+    show = [sys.executable, "-m", "dvc", "metrics", "show", "--json"]
+    shown = [json.loads(subprocess.run(show, cwd=r, capture_output=True, text=True).stdout) for r in (repo, clone)]
+    assert shown[0] == shown[1] and "mean_dice" in json.dumps(shown[1])
+    assert (clone / "models/model/model.pt").read_bytes() == (repo / "models/model/model.pt").read_bytes()
+
+
 def test_training_change_reruns_only_train_and_evaluate(repo: Path, first_run: str) -> None:
     params_path = repo / "configs/params.yaml"
     params = yaml.safe_load(params_path.read_text())

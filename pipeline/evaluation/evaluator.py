@@ -32,7 +32,7 @@ from pipeline.evaluation.lineage import lineage_tags
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 from pipeline.evaluation.plots import Overlay
 from pipeline.evaluation.report import case_ranking, pick_cases, write_report
-from pipeline.evaluation.tracking import run
+from pipeline.evaluation.tracking import register_model, run
 from pipeline.inference.masks import save_mask
 from pipeline.inference.model_folder import sha256
 from pipeline.inference.predictor import Predictor
@@ -226,3 +226,7 @@ def _log_to_mlflow(
         for name in ("per_case.csv", "summary.json", REPORT_FILE):
             tracker.log_artifact(metrics_dir / name, folder)
         logger.info("logged the evaluation to MLflow run %s (%s)", tracker.run_id, tracker.uri)
+        if cfg.mlflow.registered_model and tracker.run_id == run_id:  # the run that logged the model
+            tags = {k: v for k, v in summary_metrics(summary).items() if k.count(".") <= 1 or k.endswith(".mean")}
+            tags |= {"test.n_cases": summary.get("n_cases"), "weights_sha256": meta.get("weights_sha256", "")}
+            register_model(tracker.uri, cfg.mlflow.registered_model, run_id, tags)

@@ -111,3 +111,28 @@ def run(
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def register_model(
+    uri: str, name: str, run_id: str, tags: dict[str, Any], artifact: str = "model"
+) -> mlflow.entities.model_registry.ModelVersion | None:
+    """Register the pyfunc model logged on ``run_id`` as a version of ``name``, with ``tags`` on the version.
+
+    A version already registered from that run gets the new tags instead of a second version, so
+    re-evaluating one training run does not multiply versions. None when the run logged no model.
+    """
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = max(existing, key=lambda v: int(v.version))
+    else:
+        try:
+            version = mlflow.register_model(f"runs:/{run_id}/{artifact}", name, await_registration_for=0)
+        except mlflow.exceptions.MlflowException as err:
+            logger.warning("run %s has no loadable model (%s): not registered", run_id, str(err).splitlines()[0])
+            return None
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, str(value))
+    logger.info("registered as models:/%s/%s", name, version.version)
+    return version
