@@ -116,23 +116,32 @@ def run(
 def register_model(
     uri: str, name: str, run_id: str, tags: dict[str, Any], artifact: str = "model"
 ) -> mlflow.entities.model_registry.ModelVersion | None:
-    """Register the pyfunc model logged on ``run_id`` as a version of ``name``, with ``tags`` on the version.
+    """Register the model ``artifact`` logged on ``run_id`` as a version of ``name``, with ``tags`` on the version.
 
     A version already registered from that run gets the new tags instead of a second version, so
-    re-evaluating one training run does not multiply versions. None when the run logged no model.
+    re-evaluating one training run does not multiply versions. None when the run logged no such model.
     """
     client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
+    tags = {k: str(v) for k, v in tags.items()}
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         version = max(existing, key=lambda v: int(v.version))
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
     else:
-        try:
-            version = mlflow.register_model(f"runs:/{run_id}/{artifact}", name, await_registration_for=0)
-        except mlflow.exceptions.MlflowException as err:
-            logger.warning("run %s has no loadable model (%s): not registered", run_id, str(err).splitlines()[0])
+        experiment = client.get_run(run_id).info.experiment_id
+        where = f"source_run_id = '{run_id}' AND name = '{artifact}'"
+        logged = client.search_logged_models([experiment], filter_string=where, max_results=1)
+        if not logged:
+            logger.warning("run %s logged no model %r: not registered", run_id, artifact)
             return None
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, str(value))
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        model = logged[0]
+        version = client.create_model_version(
+            name, model.model_uri, run_id=run_id, tags=tags, model_id=model.model_id, await_creation_for=0
+        )
     logger.info("registered as models:/%s/%s", name, version.version)
-    return version
+    return client.get_model_version(name, version.version)
