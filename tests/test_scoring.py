@@ -125,8 +125,12 @@ def test_missing_and_unmatched_predictions(dataset: Path, tmp_path: Path, capsys
     pred = _other_program(dataset, tmp_path / "pred")
     (pred / "c2_seg.nii.gz").unlink()
     out = tmp_path / "score"
-    assert main(["--pred", str(pred), "--ref", str(dataset), "--out", str(out)]) == 2
+    assert main(["--pred", str(pred), "--ref", str(dataset), "--out", str(out), "--missing", "error"]) == 2
     assert "no prediction for 1 reference case(s): c2" in capsys.readouterr().err and not out.exists()
+    assert main(["--pred", str(pred), "--ref", str(dataset), "--out", str(out)]) == 0  # default: skip, counted
+    skipped = json.loads((out / "summary.json").read_text())
+    assert skipped["n_cases"] == 2 and skipped["n_references_not_scored"] == 1
+    assert set(pd.read_csv(out / "per_case.csv").case_id) == {"c0", "c1"}
     assert main(["--pred", str(pred), "--ref", str(dataset), "--out", str(out), "--missing", "empty"]) == 0
     per_case = pd.read_csv(out / "per_case.csv").set_index(["case_id", "class_name"])
     assert per_case.loc[("c2", "organ"), "dice"] == 0.0 and per_case.loc[("c2", "lesion"), "dice"] == 1.0

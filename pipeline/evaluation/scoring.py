@@ -112,7 +112,7 @@ def references(ref: Path, labels_file: Path | None = None) -> tuple[dict[str, Ca
     return cases, labels, name
 
 
-def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Missing = "error") -> list[ScoreCase]:
+def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Missing = "skip") -> list[ScoreCase]:
     """Match predictions to references by case id; a prediction without reference is an error."""
     problems = [f"{path}: no reference for case {cid!r}" for cid, path in predictions.items() if cid not in refs]
     absent = sorted(set(refs) - set(predictions))
@@ -127,7 +127,8 @@ def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Mis
             image = case.images[0] if case.images else None
             pairs.append(ScoreCase(cid, case.label, predictions.get(cid), image))
     if absent:
-        logger.warning("%d reference case(s) without prediction %s", len(absent), f"({missing}): {absent[:10]}")
+        how = "scored as empty predictions" if missing == "empty" else "not scored"
+        logger.warning("%d reference case(s) without prediction, %s: %s", len(absent), how, absent[:10])
     return pairs
 
 
@@ -210,13 +211,14 @@ def score(
     ref: str | Path,
     out_dir: str | Path,
     e: EvaluateConfig = EvaluateConfig(),
-    missing: Missing = "error",
+    missing: Missing = "skip",
     labels_file: str | Path | None = None,
 ) -> dict:
     """Score ``pred_dir`` against ``ref``; write per_case.csv, summary.json and report.html into ``out_dir``."""
     pred_dir, ref, out_dir = Path(pred_dir), Path(ref), Path(out_dir)
     refs, labels, name = references(ref, Path(labels_file) if labels_file else None)
-    pairs = pair_cases(mask_files(pred_dir), refs, missing)
+    predictions = mask_files(pred_dir)
+    pairs = pair_cases(predictions, refs, missing)
     if not pairs:
         raise ScoreError(f"{pred_dir}: no prediction matches a reference case in {ref}")
     labels = check_cases(pairs, labels)
@@ -224,7 +226,8 @@ def score(
     per_case = pd.DataFrame(rows)
     summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=empty_policy(e))
     summary["n_cases"] = len(pairs)
-    summary["n_missing_predictions"] = sum(p.prediction is None for p in pairs)
+    summary["n_missing_predictions"] = sum(p.prediction is None for p in pairs)  # scored as empty
+    summary["n_references_not_scored"] = len(set(refs) - set(predictions)) if missing == "skip" else 0
     by_id = {p.case_id: p for p in pairs}
     ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
     overlays = (  # drawn only when the references come with their images

@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="score", help="output folder (default: %(default)s)")
     parser.add_argument(
         "--missing",
-        choices=["error", "empty", "skip"],
-        default="error",
-        help="a reference without prediction: error (default), score it as an empty prediction, or skip it",
+        choices=["skip", "empty", "error"],
+        default="skip",
+        help="a reference without prediction: skip it (default; counted in summary.json and warned about), "
+        "score it as an empty prediction (challenge rule), or refuse to score",
     )
     parser.add_argument("--labels", help="dataset.json whose 'labels' name the label values")
     parser.add_argument(
