@@ -149,3 +149,30 @@ def test_compare_pits_two_score_folders(dataset: Path, tmp_path: Path) -> None:
     assert len(pairs) == 6
     organ = table[(table.class_name == "organ") & (table.metric == "dice")].iloc[0]
     assert organ["mean_diff"] > 0.05  # the exact masks beat the shifted ones on every case
+
+
+def test_png_masks_of_2d_pictures_are_scored_in_2d_pixels(tmp_path: Path) -> None:
+    """Another tool's PNG masks of 2D pictures: contours in 2D, distances in pixels, summary says so."""
+    from PIL import Image
+
+    from pipeline.core.readers import ReadError, read_array
+
+    ref = np.zeros((40, 32), np.uint8)
+    ref[8:30, 6:20] = 1
+    pred = np.roll(ref, 2, axis=1)
+    for folder, mask in (("ref", ref), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(mask).save(tmp_path / folder / "cxr_000.png")
+    try:
+        read_array(tmp_path / "ref" / "cxr_000.png")
+    except ReadError as err:
+        pytest.skip(f"the reader does not read PNG yet ({err})")
+    out = tmp_path / "score"
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(out)]) == 0
+    row = pd.read_csv(out / "per_case.csv").iloc[0]
+    r, p = ref.astype(bool), pred.astype(bool)
+    d1, d2 = _surface_distances(p, r, (1.0, 1.0)), _surface_distances(r, p, (1.0, 1.0))
+    hd95 = max(np.percentile(d1, 95), np.percentile(d2, 95))
+    assert row.dice == pytest.approx(2 * (r & p).sum() / (r.sum() + p.sum()), abs=1e-12)
+    assert row.hd95_mm == pytest.approx(hd95, abs=1e-9)
+    assert json.loads((out / "summary.json").read_text())["physical_spacing"] is False

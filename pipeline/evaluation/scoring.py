@@ -133,7 +133,10 @@ def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Mis
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, Header]:
-    """A label volume (spatial axes only) and its header; :class:`ScoreError` naming the file if it is not one."""
+    """A label volume (spatial axes only) and its header; :class:`ScoreError` naming the file if it is not one.
+
+    A 2D picture (no physical spacing, one slice) comes back 2D, so it is scored by contours, in pixels.
+    """
     try:
         data, header = read_array(path)
     except ReadError as err:
@@ -141,7 +144,9 @@ def read_mask(path: Path) -> tuple[np.ndarray, Header]:
     data = np.asarray(data)
     while data.ndim > 2 and data.ndim > len(header.spacing) and data.shape[-1] == 1:
         data = data[..., 0]  # a trailing singleton channel
-    if data.ndim not in (2, 3) or data.ndim != len(header.spacing):
+    if not header.physical_spacing and data.ndim == 3 and data.shape[2] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3) or data.ndim > len(header.spacing):
         raise ScoreError(f"{path}: not a 2D or 3D label volume (shape {data.shape})")
     if np.issubdtype(data.dtype, np.floating) and not np.array_equal(data, np.round(data)):
         raise ScoreError(f"{path}: non-integer values; expected a label volume")
@@ -162,13 +167,18 @@ def grid_problem(pred: Header, ref: Header) -> str | None:
     return None
 
 
-def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> dict[int, str]:
-    """Read every pair once; raise one :class:`ScoreError` listing every problem; return the label names."""
+def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> tuple[dict[int, str], bool]:
+    """Read every pair once; raise one :class:`ScoreError` listing every problem.
+
+    Returns the label names and whether every reference has a physical spacing (False for 2D pictures).
+    """
     problems: list[str] = []
     values: set[int] = set()
+    physical = True
     for pair in tqdm(pairs, desc="check", unit="case", disable=len(pairs) < 20):
         try:
             ref, ref_header = read_mask(pair.reference)
+            physical &= ref_header.physical_spacing
             found = set(np.unique(ref).tolist())
             if pair.prediction is not None:
                 pred, pred_header = read_mask(pair.prediction)
@@ -186,7 +196,7 @@ def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> dict[i
     if labels is None:
         labels = {0: "background", **{v: f"label_{v}" for v in sorted(values) if v != 0}}
         logger.info("no label names given: scoring the values found in the masks %s", sorted(labels))
-    return labels
+    return labels, physical
 
 
 def score_rows(pair: ScoreCase, labels: dict[int, str], e: EvaluateConfig) -> list[dict]:
@@ -202,7 +212,8 @@ def score_rows(pair: ScoreCase, labels: dict[int, str], e: EvaluateConfig) -> li
     }
     if pair.image is not None:
         provenance["image_file"] = pair.image.name
-    metrics = case_metrics(pred, ref, header.spacing, labels, e.nsd_tolerance_mm, empty_policy(e))
+    spacing = header.spacing[: ref.ndim]
+    metrics = case_metrics(pred, ref, spacing, labels, e.nsd_tolerance_mm, empty_policy(e))
     return [{**provenance, **m} for m in metrics]
 
 
@@ -221,11 +232,12 @@ def score(
     pairs = pair_cases(predictions, refs, missing)
     if not pairs:
         raise ScoreError(f"{pred_dir}: no prediction matches a reference case in {ref}")
-    labels = check_cases(pairs, labels)
+    labels, physical = check_cases(pairs, labels)
     rows = [row for pair in tqdm(pairs, desc="score", unit="case") for row in score_rows(pair, labels, e)]
     per_case = pd.DataFrame(rows)
     summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=empty_policy(e))
     summary["n_cases"] = len(pairs)
+    summary["physical_spacing"] = physical  # False: 2D pictures, distances in pixels (as evaluate says)
     summary["n_missing_predictions"] = sum(p.prediction is None for p in pairs)  # scored as empty
     summary["n_references_not_scored"] = len(set(refs) - set(predictions)) if missing == "skip" else 0
     by_id = {p.case_id: p for p in pairs}
