@@ -78,14 +78,7 @@ class PreprocessConfig:
     foreground_samples: int = 10_000  # foreground voxels sampled per case for the intensity statistics
     ct_clip: tuple[float, float] | None = None  # CT channels: clip window (None: foreground 0.5-99.5 percentiles)
     ct_mean_std: tuple[float, float] | None = None  # CT channels: z-score mean, std (None: clipped foreground)
-    memory_budget_gb: float = 4.0  # activation memory of one training batch (planner memory estimate)
-    base_width: int = 32  # network base width the memory estimate assumes
-    batch_size_2d: int = 12  # batch the 2D patch must fit in the budget
-    batch_size_3d: int = 2  # batch the 3D patch must fit in the budget
-    patch_size_2d: tuple[int, int] | None = None  # None: planned
-    patch_size_3d: tuple[int, int, int] | None = None  # None: planned
-    depth_2d: int | None = None  # None: planned from the patch size
-    depth_3d: int | None = None  # None: planned from the patch size
+    memory_budget_gb: float = 4.0  # activation memory of one training batch (patch and batch planning)
 
 
 @dataclass(frozen=True)
@@ -107,21 +100,13 @@ class SampleConfig:
     """The table of training samples for one fold of the split."""
 
     out_dir: str = "data/samples"
-    mode: Literal["2d", "3d"] = "2d"
-    slice_axis: int = 2
-    patch_size_2d: tuple[int, int] = (64, 64)
-    patch_size_3d: tuple[int, int, int] = (64, 64, 16)
+    # null below: planned from the data (plans.json "settings", see pipeline.preprocessing.settings)
+    mode: Literal["2d", "3d"] | None = None  # 2D slices or 3D patches
+    slice_axis: Literal[0, 1, 2] | None = None  # 2D: RAS axis the slices are taken across
+    patch_size: tuple[int, ...] | None = None  # 2 values in 2D, 3 in 3D
     fold: int | Literal["all"] = 0  # "all": train on every non-test case, no validation (nnU-Net's fold "all")
     seed: int = 0
-    foreground_ratio: float = 0.67  # share of samples centred on a foreground voxel
-
-    @property
-    def spatial_dims(self) -> int:
-        return 2 if self.mode == "2d" else 3
-
-    @property
-    def patch_size(self) -> tuple[int, ...]:
-        return self.patch_size_2d if self.mode == "2d" else self.patch_size_3d
+    foreground_ratio: float | None = None  # share of samples centred on a foreground voxel
 
 
 @dataclass(frozen=True)
@@ -130,7 +115,7 @@ class ModelConfig:
 
     name: Literal["classic_unet", "monai_unet", "basic_unet", "dynunet"] = "monai_unet"
     base_width: int = 16
-    depth: int = 4
+    depth: int | None = None  # None: planned (pooling steps of the planned topology)
     upsample: Literal["transpose", "bilinear"] = "transpose"
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
@@ -171,10 +156,11 @@ class TrainConfig:
     cache_gb: float = 4.0  # preprocessed volumes kept in memory; beyond this they are memory-mapped from disk
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    epochs: int = 30
-    max_minutes: float | None = None  # wall-clock budget; None: epochs only
-    iters_per_epoch: int = 25
-    batch_size: int = 8
+    epochs: int | None = None  # None: planned for target_minutes by a clock-free cost model (same on every machine)
+    target_minutes: float = 15.0  # training time the planned epoch count aims at on 2 CPU cores
+    max_minutes: float | None = None  # wall-clock stop for exploration (a run it stops is marked so); None: epochs only
+    iters_per_epoch: int | None = None  # None: planned
+    batch_size: int | None = None  # None: planned
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-5

@@ -31,7 +31,7 @@ def tiny_params(base: Path, **train_overrides: object) -> dict:
         "synthetic": {"out_dir": str(base.parent / "raw"), "n_cases": 8},
         "split": {"file": str(base.parent / "splits.json"), "test_fraction": 0.25, "folds": 3},
         "preprocess": {"out_dir": str(base.parent / "pre"), "workers": 1},
-        "sample": {"out_dir": str(base.parent / "samples"), "patch_size_2d": [32, 32]},
+        "sample": {"out_dir": str(base.parent / "samples"), "patch_size": [32, 32], "mode": "2d"},
         "train": train,
         "evaluate": {"predictions_dir": str(base / "pred"), "metrics_dir": str(base / "metrics"), "n_bootstrap": 100},
         "mlflow": {"tracking_uri": f"sqlite:///{base.parent / 'mlflow.db'}"},

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_params_file_loads() -> None:
     cfg = load(ROOT / "configs" / "params.yaml")
     assert isinstance(cfg, Config)
-    assert cfg.sample.mode in ("2d", "3d")
+    assert cfg.sample.mode in ("2d", "3d", None)  # None: planned from the data
     assert isinstance(cfg.preprocess.target_spacing, tuple)
 
 
@@ -28,7 +28,8 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
         ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer"),
         ({"train": {"augment": "yes"}}, "train.augment: expected true/false"),
         ({"sample": {"mode": "4d"}}, r"sample.mode: '4d' is not one of"),
-        ({"sample": {"patch_size_3d": [32, 32]}}, "sample.patch_size_3d: expected 3 values"),
+        ({"sample": {"patch_size": [32, "a"]}}, r"sample.patch_size\[1\]: expected an integer"),
+        ({"sample": {"patch_size_3d": [32, 32, 8]}}, "unknown key.*patch_size_3d"),  # one knob: sample.patch_size
         ({"train": {"model": {"name": "resnet"}}}, "train.model.name"),
         ({"train": []}, "train: expected a mapping"),
         ({"preprocess": {"target_spacing": "1mm"}}, "preprocess.target_spacing"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import nibabel as nib
@@ -13,17 +12,13 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from pipeline.config import PreprocessConfig
+from pipeline.config import PreprocessConfig, from_dict
 from pipeline.core.dataset import read_dataset
 from pipeline.preprocessing.fingerprint import fingerprint_dataset, intensity_statistics
 from pipeline.preprocessing.plan import Plan
 from pipeline.preprocessing.planner import (
-    MIN_PATCH,
-    activation_bytes_per_voxel,
     make_plan,
-    plan_patch,
     plan_spacing,
-    pool_per_axis,
 )
 from pipeline.preprocessing.transforms import preprocessing
 
@@ -87,7 +82,9 @@ def test_plan_on_anisotropic_lesions_keeps_the_slow_axis_coarse(tmp_path: Path) 
     assert plan.target_spacing[:2] == pytest.approx((0.78125, 0.78125))
     assert plan.target_spacing[2] >= 2.1 and plan.target_spacing[2] > 3 * plan.target_spacing[0]  # not ~0.78
     assert plan.intensity == ({"scheme": "zscore"},) and plan.normalization == "zscore"  # "MRI"
-    assert plan.configurations["2d"]["slice_axis"] == 2
+    # thick slices: 2D across the slow axis, the reason in the plan, the thick axis pooled last if forced 3D
+    assert plan.setting("dims") == 2 and plan.setting("slice_axis") == 2
+    assert "anisotropic" in plan.settings["dims"]["reason"]
     # the cache is reused: nothing is read again
     again, _ = fingerprint_dataset(info, workers=1, cache_dir=tmp_path)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), table.reset_index(drop=True), check_dtype=False)
@@ -140,53 +137,14 @@ def test_mr_modality_is_zscored_per_image(tmp_path: Path) -> None:
     assert float(image.mean()) == pytest.approx(0, abs=1e-5) and float(image.std(unbiased=False)) == pytest.approx(1)
 
 
-def test_memory_estimate_matches_its_documentation() -> None:
-    assert activation_bytes_per_voxel([4, 4, 4], 32) == pytest.approx(
-        4 * 6 * 2 * 2 * (32 + 64 / 8 + 128 / 64 + 256 / 512 + 320 / 4096)
-    )
-    assert 4000 < activation_bytes_per_voxel([4, 4, 4], 32) < 4200
-    assert 5800 < activation_bytes_per_voxel([5, 5], 32) < 6000
-    # per-axis pooling: an axis that stops pooling keeps its resolution
-    assert activation_bytes_per_voxel([4, 4, 1], 32) > activation_bytes_per_voxel([4, 4, 4], 32)
-
-
-@pytest.mark.parametrize("budget", [0.05, 0.5, 2.0, 8.0])
-def test_patch_sizes_respect_the_budget(budget: float) -> None:
-    median, spacing = (300.0, 280.0, 120.0), (0.8, 0.8, 2.5)
-    conf = plan_patch(median, spacing, budget, batch_size=2, base_width=32)
-    patch, pools = conf["patch_size"], conf["pool_per_axis"]
-    need = math.prod(patch) * activation_bytes_per_voxel(pools, 32) * 2
-    assert need <= budget * 2**30 and conf["estimated_gb"] <= budget
-    assert all(p % 2**k == 0 for p, k in zip(patch, pools, strict=True))
-    assert pools == pool_per_axis(patch) and conf["depth"] == min(pools)
-    assert all(p // 2**k >= 4 for p, k in zip(patch, pools, strict=True))
-    assert all(p <= math.ceil(m / 2**k) * 2**k for p, m, k in zip(patch, median, pools, strict=True))
-
-
-def test_patch_planning_details() -> None:
-    # the median shape when it fits (hippocampus-like: rounded up to multiples of 2**pool)
-    assert plan_patch((35, 50, 36), (1, 1, 1), 4.0, 2, 32)["patch_size"] == [40, 56, 40]
-    # a bigger budget never gives a smaller patch
-    sizes = [math.prod(plan_patch((256, 256, 200), (1, 1, 1), b, 2, 32)["patch_size"]) for b in (0.5, 1, 2, 4, 8)]
-    assert sizes == sorted(sizes)
-    # the physically longest axis shrinks first: a thick-slice axis keeps its voxels
-    conf = plan_patch((256, 256, 24), (0.7, 0.7, 5.0), 8.0, 2, 32)
-    assert conf["patch_size"] == [192, 192, 24] and conf["pool_per_axis"] == [5, 5, 2]
-    # an impossible budget stops at the smallest patch
-    assert plan_patch((64, 64, 64), (1, 1, 1), 1e-6, 2, 32)["patch_size"] == [MIN_PATCH] * 3
-    assert pool_per_axis([7, 8, 15, 16, 40]) == [0, 1, 1, 2, 3]
-
-
 def test_config_overrides_and_plan_round_trip(tmp_path: Path) -> None:
     info = write_dataset(tmp_path / "mr", {"a": ct_case(0), "b": ct_case(1)}, "MR", spacing=(0.5, 0.5, 2.0))
     table, samples = fingerprint_dataset(info)
-    cfg = PreprocessConfig(
-        target_spacing=(1.0, 1.0, 2.0), patch_size_3d=(32, 32, 8), depth_3d=2, patch_size_2d=(64, 48), depth_2d=3
-    )
-    plan = make_plan(info, table, samples, cfg)
-    assert plan.target_spacing == (1.0, 1.0, 2.0)
-    assert plan.configurations["3d"]["patch_size"] == [32, 32, 8] and plan.configurations["3d"]["depth"] == 2
-    assert plan.configurations["2d"]["patch_size"] == [64, 48] and plan.configurations["2d"]["depth"] == 3
+    cfg = PreprocessConfig(target_spacing=(1.0, 1.0, 2.0))
+    study = from_dict({"sample": {"mode": "3d", "patch_size": [32, 32, 8]}, "train": {"model": {"depth": 2}}})
+    plan = make_plan(info, table, samples, cfg, study)
+    assert plan.target_spacing == (1.0, 1.0, 2.0) and plan.settings["target_spacing"]["source"] == "overridden"
+    assert plan.setting("patch_size") == [32, 32, 8] and plan.setting("depth") == 2
     assert plan.slow_axis == 2  # the data are anisotropic (4:1), whatever the target
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan and again.volume_hash() == plan.volume_hash()

@@ -124,9 +124,9 @@ def test_lesion_dataset_tables(lesions: Path) -> None:
     for column in ("orientation", "ras_spacing_2", "voxels_1", "fg0_p0.5", "fg0_p99.5", "preprocessed_voxels_1"):
         assert cases[column].notna().all(), column
     plans = json.loads((lesions / PLANS_FILE).read_text())
-    for dims in ("2d", "3d"):
-        conf = plans["configurations"][dims]
-        assert conf["estimated_gb"] <= plans["fingerprint"]["memory_budget_gb"]
+    settings = plans["settings"]
+    assert settings["dims"]["value"] == 2 and settings["slice_axis"]["value"] == 2  # 0.78 x 0.78 x 6.5 mm
+    assert len(settings["patch_size"]["value"]) == 2 and settings["epochs"]["source"] == "planned"
     assert not list(lesions.rglob(".*tmp*"))
 
 

@@ -42,6 +42,12 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, meta: dict) ->
     return folder
 
 
+def update_meta(folder: str | Path, **entries: object) -> None:
+    """Add or replace top-level entries of ``model.json`` (the weights and their checksum stay)."""
+    path = Path(folder) / META
+    io.write_json(path, {**json.loads(path.read_text()), **entries})
+
+
 REQUIRED = ("model", "spatial_dims", "in_channels", "num_classes", "plan", "patch_size", "weights_sha256")
 
 

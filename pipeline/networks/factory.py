@@ -7,7 +7,7 @@ return raw logits (no softmax / sigmoid).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -71,7 +71,7 @@ def _monai_unet(spatial_dims: int, in_ch: int, out_ch: int, o: dict) -> nn.Modul
 
     depth, base_width, full = o["depth"], o["base_width"], o["full_resolution_width"]
     channels = tuple(base_width * 2**i for i in range(depth + 1))
-    strides = (2,) * depth
+    strides: tuple = tuple(s[0] if len(set(s)) == 1 else tuple(s) for s in o["strides"])  # 2: every axis
     if full:
         channels, strides = (full, *channels), (1, *strides)
     return UNet(
@@ -113,12 +113,12 @@ def _dynunet(spatial_dims: int, in_ch: int, out_ch: int, o: dict) -> nn.Module:
     depth, base_width, dropout = o["depth"], o["base_width"], o["dropout"]
     if depth < 2:
         raise ValueError(f"dynunet needs depth >= 2 (at least 3 resolution levels), got {depth}")
-    strides = [1] + [2] * depth
+    strides = [[1] * spatial_dims, *o["strides"]]
     return DynUNet(
         spatial_dims=spatial_dims,
         in_channels=in_ch,
         out_channels=out_ch,
-        kernel_size=[3] * (depth + 1),
+        kernel_size=o["kernel_sizes"],
         strides=strides,
         upsample_kernel_size=strides[1:],
         filters=[min(base_width * 2**i, DYNUNET_MAX_FILTERS) for i in range(depth + 1)],
@@ -159,6 +159,13 @@ def _check_options(name: str, spatial_dims: int, in_channels: int, out_channels:
         raise ValueError(f"full_resolution_width applies to monai_unet only (model {name!r})")
     if o["deep_supervision"] and name != "dynunet":
         raise ValueError(f"deep_supervision applies to dynunet only (model {name!r})")
+    steps, kernels, depth = o["strides"], o["kernel_sizes"], o["depth"]
+    if len(steps) != depth or any(len(s) != spatial_dims for s in steps):
+        raise ValueError(f"strides {steps} do not give {depth} pooling steps over {spatial_dims} axes")
+    if len(kernels) != depth + 1 or any(len(k) != spatial_dims for k in kernels):
+        raise ValueError(f"kernel_sizes {kernels} do not give {depth + 1} levels over {spatial_dims} axes")
+    if name in ("classic_unet", "basic_unet") and any(v != 2 for s in steps for v in s):
+        logger.warning("%s pools every axis at every level; the planned per-axis strides %s are not used", name, steps)
     if name in ("monai_unet", "dynunet") and o["upsample"] != "transpose":
         logger.warning("%s always uses transposed convolutions; ignoring upsample=%r", name, o["upsample"])
 
@@ -176,6 +183,8 @@ def build_model(
     full_resolution_width: int = 0,
     activation: str | None = None,
     deep_supervision: bool = False,
+    strides: Sequence[Sequence[int]] | None = None,
+    kernel_sizes: Sequence[Sequence[int]] | None = None,
 ) -> nn.Module:
     """Build a segmentation network returning logits.
 
@@ -207,6 +216,9 @@ def build_model(
             output of every decoder level (``depth`` of them), upsampled to the input size and
             stacked on dim 1 (``(B, depth, C, *S)``, full resolution first; see
             :func:`pipeline.training.engine.make_loss`); in eval mode only the full-resolution logits.
+        strides: per pooling step (``depth`` of them) and axis, e.g. ``[[2, 2, 1], [2, 2, 2]]`` for a
+            slow third axis (the plan's topology); ``monai_unet`` and ``dynunet`` only (None: 2 everywhere).
+        kernel_sizes: per level (``depth + 1``) and axis; ``dynunet`` only (None: 3 everywhere).
 
     Returns:
         The model. Outputs have the input's spatial shape for inputs whose size is a
@@ -226,6 +238,8 @@ def build_model(
         "full_resolution_width": full_resolution_width,
         "activation": activation,
         "deep_supervision": deep_supervision,
+        "strides": [list(s) for s in strides] if strides is not None else [[2] * spatial_dims] * depth,
+        "kernel_sizes": [list(k) for k in kernel_sizes] if kernel_sizes else [[3] * spatial_dims] * (depth + 1),
     }
     _check_options(name, spatial_dims, in_channels, out_channels, options)
     model = BUILDERS[name](spatial_dims, in_channels, out_channels, options)

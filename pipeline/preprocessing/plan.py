@@ -38,18 +38,26 @@ class Plan:
     image_interp: str = "linear"  # in-plane (or all axes) image interpolation: linear | spline
     slow_axis_interp: str = "linear"  # image interpolation along the slow axis: linear | nearest | spline
     label_interp: str = "nearest"  # nearest | linear (one-hot linear, then arg-max)
-    configurations: dict = field(default_factory=dict)  # "2d"/"3d": patch_size, pool_per_axis, depth, ...
     fingerprint: dict = field(default_factory=dict)  # dataset summary the plan came from (informational)
     label_values: tuple[int, ...] = ()  # stored label value of each class (empty: 0..K-1), see core/labels
+    single_axis: int | None = None  # RAS axis with one slice (a 2D dataset): never resampled
+    settings: dict = field(default_factory=dict)  # name -> {"value", "source", "reason"} (preprocessing.settings)
 
     @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
 
+    def setting(self, name: str) -> Any:
+        """The value of a planned (or overridden) training setting, e.g. ``plan.setting("patch_size")``."""
+        if name not in self.settings:
+            raise KeyError(f"plans.json has no setting {name!r}; rerun the preprocess stage to plan it")
+        return self.settings[name]["value"]
+
     def transform_kwargs(self) -> dict:
         """Keyword arguments of :func:`~pipeline.preprocessing.transforms.preprocessing` for this plan's chain."""
+        spacing = [-1.0 if a == self.single_axis else float(s) for a, s in enumerate(self.target_spacing)]
         return {
-            "target_spacing": tuple(self.target_spacing),
+            "target_spacing": tuple(spacing),  # -1: keep the scan's spacing (a one-slice axis)
             "normalization": self.normalization,
             "crop_foreground": self.crop_foreground,
             "intensity": [dict(c) for c in self.intensity] or None,
@@ -79,14 +87,15 @@ class Plan:
             "image_interp": self.image_interp,
             "slow_axis_interp": self.slow_axis_interp,
             "label_interp": self.label_interp,
-            "configurations": self.configurations,
             "fingerprint": self.fingerprint,
             "label_values": list(self.label_values),
+            "single_axis": self.single_axis,
+            "settings": self.settings,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        slow = d.get("slow_axis")
+        slow, single = d.get("slow_axis"), d.get("single_axis")
         return cls(
             tuple(float(s) for s in d["target_spacing"]),  # type: ignore[arg-type]
             d["normalization"],
@@ -98,9 +107,10 @@ class Plan:
             image_interp=d.get("image_interp", "linear"),
             slow_axis_interp=d.get("slow_axis_interp", "linear"),
             label_interp=d.get("label_interp", "nearest"),
-            configurations=dict(d.get("configurations") or {}),
             fingerprint=dict(d.get("fingerprint") or {}),
             label_values=tuple(int(v) for v in d.get("label_values") or ()),
+            single_axis=None if single is None else int(single),
+            settings=dict(d.get("settings") or {}),
         )
 
 

@@ -1,6 +1,6 @@
 """The planner: the preprocessing/network plan derived from the dataset fingerprint.
 
-Every value is overridable in :class:`pipeline.config.PreprocessConfig` (:func:`make_plan`):
+Every value is overridable in the config (:func:`make_plan`):
 
 * target spacing: the median spacing per RAS axis. When the coarsest median axis is more than
   ``anisotropy_threshold`` times the finest, the data count as anisotropic: that slow axis takes a low
@@ -10,14 +10,15 @@ Every value is overridable in :class:`pipeline.config.PreprocessConfig` (:func:`
 * normalisation per channel by the modality name in ``dataset.json``: ``CT`` -> clip to the 0.5/99.5
   percentiles of the dataset's foreground, then z-score with the mean/std of the clipped foreground samples;
   anything else -> per-image z-score.
-* 2D and 3D patch sizes and network depth: start from the median preprocessed (cropped, resampled) shape
-  and shrink the physically longest axis until one training batch fits ``memory_budget_gb`` by
-  :func:`activation_bytes_per_voxel`; each axis is a multiple of ``2**pool`` where ``pool`` is the number
-  of times it can be halved while staying >= 4 voxels.
+* a one-slice axis (a 2D dataset) is never resampled.
+* the training settings (2D or 3D and why, slice axis, patch, batch, network topology, foreground
+  oversampling, iterations, epochs), each planned or overridden by the config, with its source:
+  :mod:`pipeline.preprocessing.settings` (``Plan.settings``, read by every later stage).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -25,20 +26,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.config import PreprocessConfig
+from pipeline.config import Config, PreprocessConfig
 from pipeline.core.dataset import DatasetInfo
 from pipeline.core.image2d import match_channels
 from pipeline.preprocessing.fingerprint import intensity_statistics
 from pipeline.preprocessing.plan import Plan
+from pipeline.preprocessing.settings import plan_settings
 
 logger = logging.getLogger(__name__)
 
-# Memory estimate (see activation_bytes_per_voxel)
-BYTES_PER_VALUE = 4  # float32 activations
-TENSORS_PER_LEVEL = 6  # per block: conv output, norm output, activation, for each of its two convolutions
-MAX_WIDTH = 320  # feature maps per level are capped here (as in common U-Net configurations)
-MIN_AXIS = 4  # an axis is halved only while it keeps at least this many voxels
-MIN_PATCH = 8  # smallest patch edge the planner shrinks to
 
 
 def plan_spacing(
@@ -94,77 +90,6 @@ def plan_normalization(
     return tuple(out)
 
 
-def pool_per_axis(patch: Sequence[int]) -> list[int]:
-    """How many times each axis can be halved while keeping at least ``MIN_AXIS`` (4) voxels."""
-    return [int(math.floor(math.log2(p / MIN_AXIS))) if p >= 2 * MIN_AXIS else 0 for p in patch]
-
-
-def activation_bytes_per_voxel(pools: Sequence[int], base_width: int, max_width: int = MAX_WIDTH) -> float:
-    """Estimated training memory per input voxel of one sample through a U-Net.
-
-    Level ``l`` (0 to ``max(pools)``) has ``w_l = min(base_width * 2**l, max_width)`` feature maps on a
-    fraction ``f_l = prod_axes 2**-min(l, pool_axis)`` of the voxels. Each level keeps ``TENSORS_PER_LEVEL``
-    (6) such maps for backprop in the encoder and as many in the decoder, and the backward pass needs about
-    as much again for their gradients; all float32::
-
-        bytes per voxel = 4 * 6 * 2 * 2 * sum_l w_l * f_l
-
-    3D, base width 32, 4 halvings per axis: ~4.1 kB per voxel; 2D, 5 halvings: ~5.9 kB per pixel. Weights, optimiser
-    state and framework overhead are not included (budget them apart).
-    """
-    total = 0.0
-    for level in range(max(pools, default=0) + 1):
-        fraction = math.prod(2.0 ** -min(level, p) for p in pools)
-        total += min(base_width * 2**level, max_width) * fraction
-    return BYTES_PER_VALUE * TENSORS_PER_LEVEL * 2 * 2 * total
-
-
-def plan_patch(
-    median_shape: Sequence[float],
-    spacing: Sequence[float],
-    budget_gb: float,
-    batch_size: int,
-    base_width: int,
-    max_width: int = MAX_WIDTH,
-) -> dict:
-    """Largest patch, starting from the median shape, whose training batch fits ``budget_gb``.
-
-    While over budget, the axis with the longest physical extent (mm) is shrunk by one pooling step.
-    Every axis is a multiple of ``2**pool`` (:func:`pool_per_axis`). ``depth`` is the U-Net depth when
-    every level halves every axis (the smallest pool count); ``pool_per_axis`` allows per-axis strides.
-    """
-    budget = budget_gb * 2**30
-    patch = [max(MIN_PATCH, int(round(s))) for s in median_shape]
-    while True:
-        pools = pool_per_axis(patch)
-        patch = [math.ceil(p / 2**k) * 2**k for p, k in zip(patch, pools, strict=True)]
-        pools = pool_per_axis(patch)
-        need = math.prod(patch) * activation_bytes_per_voxel(pools, base_width, max_width) * batch_size
-        shrinkable = [i for i, p in enumerate(patch) if p > MIN_PATCH]
-        if need <= budget or not shrinkable:
-            if need > budget:
-                logger.warning("patch %s needs %.2f GB, above the %.2f GB budget", patch, need / 2**30, budget_gb)
-            break
-        axis = max(shrinkable, key=lambda i: (patch[i] * spacing[i], patch[i]))
-        patch[axis] = max(MIN_PATCH, patch[axis] - 2 ** pools[axis])
-    return _configuration(patch, batch_size, base_width, max_width)
-
-
-def _configuration(
-    patch: Sequence[int], batch_size: int, base_width: int, max_width: int, depth: int | None = None
-) -> dict:
-    pools = pool_per_axis(patch)
-    need = math.prod(patch) * activation_bytes_per_voxel(pools, base_width, max_width) * batch_size
-    return {
-        "patch_size": [int(p) for p in patch],
-        "pool_per_axis": pools,
-        "depth": int(depth if depth is not None else min(pools)),
-        "batch_size": int(batch_size),
-        "base_width": int(base_width),
-        "estimated_gb": round(need / 2**30, 4),
-    }
-
-
 def median_preprocessed_shape(
     fingerprints: pd.DataFrame, target_spacing: Sequence[float], crop_foreground: bool = True
 ) -> list[float]:
@@ -176,56 +101,76 @@ def median_preprocessed_shape(
     ]
 
 
+def single_slice_axis(fingerprints: pd.DataFrame) -> int | None:
+    """The RAS axis along which some case has only one slice (a 2D dataset), else None."""
+    for i in range(3):
+        if f"ras_shape_{i}" in fingerprints and (fingerprints[f"ras_shape_{i}"] <= 1).any():
+            return i
+    return None
+
+
 def make_plan(
-    info: DatasetInfo, fingerprints: pd.DataFrame, samples: Mapping[str, np.ndarray], cfg: PreprocessConfig
+    info: DatasetInfo,
+    fingerprints: pd.DataFrame,
+    samples: Mapping[str, np.ndarray],
+    cfg: PreprocessConfig,
+    study: Config | None = None,
 ) -> Plan:
-    """The plan from the fingerprint; every value set in ``cfg`` wins over the planned one."""
+    """The plan from the fingerprint; every value set in ``cfg`` (and, for the training settings, in ``study``)
+    wins over the planned one and is recorded as overridden."""
+    study = dataclasses.replace(study or Config(), preprocess=cfg)
+    single = single_slice_axis(fingerprints)
     planned, slow = plan_spacing(fingerprints, cfg.anisotropy_threshold, cfg.anisotropic_percentile)
-    spacing = tuple(float(s) for s in cfg.target_spacing) if cfg.target_spacing else planned
     if info.modalities_declared:  # 2D pictures of a grey dataset stored as RGB become grey, and back
         n_channels = len(info.modalities)
     else:
         n_channels = int(fingerprints["channels"].max()) if "channels" in fingerprints else max(len(info.modalities), 1)
     samples = {k: match_channels(v, n_channels) if v.shape[0] != n_channels else v for k, v in samples.items()}
+    spacing = list(cfg.target_spacing) if cfg.target_spacing else list(planned)
+    ras_spacing = fingerprints[[f"ras_spacing_{i}" for i in range(3)]].to_numpy(float)
+    median_spacing = [float(v) for v in np.median(ras_spacing, axis=0)]
+    if single is not None:  # a one-slice axis is never resampled (it would shrink to nothing)
+        slow = None
+        if cfg.target_spacing and spacing[single] != median_spacing[single]:
+            logger.warning("target_spacing along axis %d ignored: one slice, not resampled", single)
+        spacing[single] = median_spacing[single]
+    spacing = _rounded(np.asarray(spacing, dtype=float))
     stats = intensity_statistics(samples, cfg.ct_clip)
     intensity = plan_normalization(info.modalities, n_channels, stats, cfg.normalization, cfg.ct_clip, cfg.ct_mean_std)
     schemes = {c["scheme"] for c in intensity}
     normalization = schemes.pop() if len(schemes) == 1 else "mixed"
 
     median = median_preprocessed_shape(fingerprints, spacing, cfg.crop_foreground)
-    slice_axis = slow if slow is not None else 2
-    in_plane = [a for a in range(3) if a != slice_axis]
-    if cfg.patch_size_3d:
-        conf3 = _configuration(cfg.patch_size_3d, cfg.batch_size_3d, cfg.base_width, MAX_WIDTH, cfg.depth_3d)
-    else:
-        conf3 = plan_patch(median, spacing, cfg.memory_budget_gb, cfg.batch_size_3d, cfg.base_width)
-        if cfg.depth_3d is not None:
-            conf3["depth"] = cfg.depth_3d
-    if cfg.patch_size_2d:
-        conf2 = _configuration(cfg.patch_size_2d, cfg.batch_size_2d, cfg.base_width, MAX_WIDTH, cfg.depth_2d)
-    else:
-        conf2 = plan_patch(
-            [median[a] for a in in_plane],
-            [spacing[a] for a in in_plane],
-            cfg.memory_budget_gb,
-            cfg.batch_size_2d,
-            cfg.base_width,
-        )
-        if cfg.depth_2d is not None:
-            conf2["depth"] = cfg.depth_2d
-    conf2["slice_axis"] = slice_axis
-
-    ras_spacing = fingerprints[[f"ras_spacing_{i}" for i in range(3)]].to_numpy(float)
+    prefix = "crop_shape" if cfg.crop_foreground else "ras_shape"
+    voxels = np.prod([fingerprints[f"{prefix}_{i}"] * ras_spacing[:, i] / spacing[i] for i in range(3)], axis=0)
     summary = {
         "n_cases": int(len(fingerprints)),
-        "median_spacing": [float(v) for v in np.median(ras_spacing, axis=0)],
+        "median_spacing": median_spacing,
         "min_spacing": [float(v) for v in ras_spacing.min(axis=0)],
         "max_spacing": [float(v) for v in ras_spacing.max(axis=0)],
         "planned_spacing": list(planned),
         "anisotropic": slow is not None,
+        "slow_axis": slow,
+        "single_axis": single,
         "median_preprocessed_shape": [round(v, 2) for v in median],
+        "dataset_voxels": float(np.sum(voxels)),
         "memory_budget_gb": cfg.memory_budget_gb,
         "intensity": stats,
+    }
+    settings = {
+        "target_spacing": {
+            "value": list(spacing),
+            "source": "overridden" if cfg.target_spacing else "planned",
+            "reason": "set in the config" if cfg.target_spacing else _spacing_reason(slow, single, cfg),
+        },
+        "normalization": {
+            "value": [c["scheme"] for c in intensity],
+            "source": "planned" if cfg.normalization == "auto" else "overridden",
+            "reason": "per channel: CT -> dataset clip + z-score, else per-image z-score"
+            if cfg.normalization == "auto"
+            else "set in the config",
+        },
+        **plan_settings(summary, spacing, study),
     }
     plan = Plan(
         spacing,  # type: ignore[arg-type]
@@ -238,18 +183,21 @@ def make_plan(
         image_interp=cfg.image_interp,
         slow_axis_interp=cfg.slow_axis_interp,
         label_interp=cfg.label_interp,
-        configurations={"2d": conf2, "3d": conf3},
         fingerprint=summary,
         label_values=tuple(info.label_values),
+        single_axis=single,
+        settings=settings,
     )
-    logger.info(
-        "plan: spacing %s (slow axis %s), normalisation %s, 3d patch %s depth %d, 2d patch %s depth %d",
-        tuple(round(s, 4) for s in spacing),
-        slow,
-        normalization,
-        conf3["patch_size"],
-        conf3["depth"],
-        conf2["patch_size"],
-        conf2["depth"],
-    )
+    logger.info("plan: %s", {k: v["value"] for k, v in settings.items() if k in ("dims", "patch_size", "epochs")})
     return plan
+
+
+def _spacing_reason(slow: int | None, single: int | None, cfg: PreprocessConfig) -> str:
+    if single is not None:
+        return f"median spacing; axis {single} has one slice and is not resampled"
+    if slow is not None:
+        return (
+            f"median spacing; anisotropic (> {cfg.anisotropy_threshold:g}x): axis {slow} at its "
+            f"{cfg.anisotropic_percentile:g}th percentile"
+        )
+    return "median spacing per axis"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import PreprocessConfig
+from pipeline.config import Config, PreprocessConfig
 from pipeline.core import io
 from pipeline.core.dataset import Case, DatasetInfo
 from pipeline.core.geometry import geometry_record
@@ -180,10 +180,10 @@ def preprocess_dataset(
     return table
 
 
-def plan_dataset(info: DatasetInfo, cfg: PreprocessConfig) -> tuple[Plan, pd.DataFrame]:
-    """Fingerprint (cached in ``cfg.out_dir``) and plan; returns the plan and the fingerprint table."""
+def plan_dataset(info: DatasetInfo, cfg: PreprocessConfig, study: Config | None = None) -> tuple[Plan, pd.DataFrame]:
+    """Fingerprint (cached in ``cfg.out_dir``) and plan (training overrides from ``study``); plan and fingerprints."""
     fingerprints, samples = fingerprint_dataset(info, cfg.workers, cfg.foreground_samples, cache_dir=cfg.out_dir)
-    return make_plan(info, fingerprints, samples, cfg), fingerprints
+    return make_plan(info, fingerprints, samples, cfg, study), fingerprints
 
 
 def load_plan(preprocessed_dir: str | Path) -> Plan:

@@ -19,6 +19,7 @@ from pipeline.core.labels import resolve_labels
 from pipeline.core.splits import load_or_make_splits, non_test_cases
 from pipeline.core.validation import validate_or_exit
 from pipeline.preprocessing.preprocessor import plan_dataset, preprocess_dataset
+from pipeline.preprocessing.settings import format_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"{cfg_path}: split: {err}") from None
     keep = set(non_test_cases(splits))
     train_info = dataclasses.replace(info, cases=tuple(c for c in info.cases if c.case_id in keep))
-    plan, fingerprints = plan_dataset(train_info, p)
+    try:
+        plan, fingerprints = plan_dataset(train_info, p, cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{cfg_path}: {err}") from None
     preprocess_dataset(train_info, plan, p.out_dir, fingerprints, p.workers)
+    print(f"The plan ({p.out_dir}/plans.json; config null = planned, a value = overridden):")
+    print(format_settings(plan.settings))
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, stage_args
 from pipeline.core.splits import check_fold, fold_assignment, read_splits
 from pipeline.preprocessing.preprocessor import load_plan
+from pipeline.preprocessing.settings import resolve, values
 from pipeline.sampling.locations import build_samples
 
 
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = load_plan(pre)
     splits = read_splits(cfg.split.file)
     assignment = fold_assignment(splits, s.fold)
-    build_samples(pre, s.out_dir, assignment, plan.num_classes, s.mode, s.slice_axis, s.seed)
+    settings = values(resolve(plan, cfg))  # the plan's (planned or overridden) choices
+    mode = "2d" if settings["dims"] == 2 else "3d"
+    build_samples(pre, s.out_dir, assignment, plan.num_classes, mode, settings["slice_axis"], s.seed)
     return 0
 
 

@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "last.pt"
 
 
-def config_hash(cfg: Config) -> str:
-    """What a checkpoint must match to be resumed: the sample and train blocks."""
-    relevant = {"sample": to_dict(cfg.sample), "train": to_dict(cfg.train)}
+def config_hash(cfg: Config, settings: dict | None = None) -> str:
+    """What a checkpoint must match to be resumed: the sample and train blocks and the plan's settings."""
+    relevant = {"sample": to_dict(cfg.sample), "train": to_dict(cfg.train), "settings": settings or {}}
     for key in ("threads", "num_workers", "cache_gb"):  # do not change results
         relevant["train"].pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -31,11 +31,12 @@ from pipeline.config import Config, ConfigError, flatten, to_dict
 from pipeline.core import io
 from pipeline.evaluation.tracking import Tracker, environment_tags, run
 from pipeline.inference.mlflow_model import log_model_folder
-from pipeline.inference.model_folder import save_model_folder
+from pipeline.inference.model_folder import save_model_folder, update_meta
 from pipeline.inference.windows import build_inferer
 from pipeline.networks.factory import build_model, count_parameters
 from pipeline.preprocessing.plan import Plan
 from pipeline.preprocessing.preprocessor import load_plan
+from pipeline.preprocessing.settings import resolve, values
 from pipeline.sampling.augment import BatchAugment, window_dims
 from pipeline.sampling.locations import load_locations, read_samples
 from pipeline.sampling.patches import class_ratios
@@ -99,6 +100,7 @@ class Session:
     device: torch.device
     threads: int
     plan: Plan
+    settings: dict  # the plan's training settings, planned or overridden (preprocessing.settings.resolve)
     train_vols: list[dict]
     val_vols: list[dict]
     model: torch.nn.Module
@@ -126,13 +128,20 @@ class Session:
     def num_classes(self) -> int:
         return self.plan.num_classes
 
+    def setting(self, name: str) -> object:
+        return self.settings[name]["value"]
+
 
 def setup(cfg: Config) -> Session:
     """Check the settings, start the process group, load the data, build the model; resume if a checkpoint says so."""
     t_cfg, s_cfg = cfg.train, cfg.sample
-    flip_dims = window_dims(t_cfg.flip_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.flip_axes")
+    pre_dir, samples_dir = Path(cfg.preprocess.out_dir), Path(s_cfg.out_dir)
+    plan = load_plan(pre_dir)
+    settings = resolve(plan, cfg)  # the plan's settings, planned or overridden by the config
+    st = values(settings)
+    flip_dims = window_dims(t_cfg.flip_axes, st["dims"], st["slice_axis"], "train.flip_axes")
     # checked now, not at the first prediction
-    window_dims(t_cfg.inference.mirror_axes, s_cfg.spatial_dims, s_cfg.slice_axis, "train.inference.mirror_axes")
+    window_dims(t_cfg.inference.mirror_axes, st["dims"], st["slice_axis"], "train.inference.mirror_axes")
     rank, world, device = init_distributed()
     threads = t_cfg.threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
@@ -140,8 +149,6 @@ def setup(cfg: Config) -> Session:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    pre_dir, samples_dir = Path(cfg.preprocess.out_dir), Path(s_cfg.out_dir)
-    plan = load_plan(pre_dir)
     samples = read_samples(samples_dir)
     train_ids = samples.loc[samples.split == "train", "case_id"].tolist()
     val_ids = samples.loc[samples.split == "val", "case_id"].tolist()
@@ -149,26 +156,26 @@ def setup(cfg: Config) -> Session:
     train_vols = load_volumes(pre_dir, samples_dir, train_ids, k, True, budget)
     val_vols = load_volumes(pre_dir, samples_dir, val_ids, k, False, max(0.0, budget - _nbytes(train_vols)))
 
-    layout = memory_format(t_cfg.channels_last, s_cfg.spatial_dims)
+    layout = memory_format(t_cfg.channels_last, st["dims"])
     in_channels = int(train_vols[0]["image"].shape[0])
+    model_kwargs = {**to_dict(t_cfg.model), "depth": st["depth"], "strides": st["strides"]}
+    model_kwargs["kernel_sizes"] = st["kernel_sizes"]
     try:
-        model = build_model(
-            spatial_dims=s_cfg.spatial_dims, in_channels=in_channels, out_channels=k, **to_dict(t_cfg.model)
-        )
+        model = build_model(spatial_dims=st["dims"], in_channels=in_channels, out_channels=k, **model_kwargs)
     except ValueError as err:  # option combinations the schema cannot express (e.g. a dynunet-only setting)
         raise ConfigError(f"train.model: {err}") from None
     model = model.to(device, memory_format=layout)
     optimizer = make_optimizer(model, t_cfg.optimizer, t_cfg.lr, t_cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    chash = config_hash(cfg)
+    chash = config_hash(cfg, settings)
     session = Session(
-        cfg, rank, world, device, threads, plan, train_vols, val_vols, model, optimizer, scaler, layout,
+        cfg, rank, world, device, threads, plan, settings, train_vols, val_vols, model, optimizer, scaler, layout,
         Path(t_cfg.checkpoint_dir) / CHECKPOINT, chash,
     )  # fmt: skip
     resume(session)
     session.net = DistributedDataParallel(model) if world > 1 else model
     session.parts = _training_parts(session, flip_dims)
-    session.meta = _model_meta(session, in_channels)
+    session.meta = _model_meta(session, in_channels, model_kwargs)
     return session
 
 
@@ -189,35 +196,33 @@ def resume(s: Session) -> None:
 
 def _training_parts(s: Session, flip_dims: tuple[int, ...] | None) -> dict:
     """Loss, batch augmentation, validation inferer and patch sampling settings."""
-    t_cfg, s_cfg, model = s.cfg.train, s.cfg.sample, s.model
-    spacing = np.asarray(s.plan.target_spacing)
-    anisotropic = bool(spacing.max() / spacing.min() > 3)
+    t_cfg, model, dims, axis = s.cfg.train, s.model, s.setting("dims"), s.setting("slice_axis")
+    anisotropic = s.plan.slow_axis is not None
     levels = model.deep_supr_num + 1 if getattr(model, "deep_supervision", False) else 1  # outputs per forward
     inf = t_cfg.inference
     return {
-        "ratios": class_ratios(s.num_classes, s_cfg.foreground_ratio),
+        "ratios": class_ratios(s.num_classes, s.setting("foreground_ratio")),
         # 2D: slices along the slice axis; 3D: None
-        "patch_slice_axis": s_cfg.slice_axis if s_cfg.spatial_dims == 2 else None,
-        "augment": BatchAugment(s_cfg.spatial_dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None,
+        "patch_slice_axis": axis if dims == 2 else None,
+        "augment": BatchAugment(dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None,
         "loss": make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice, levels),
-        "inferer": build_inferer(
-            s_cfg.spatial_dims, s_cfg.patch_size, s_cfg.slice_axis, inf.overlap, inf.sw_batch_size, inf.blend
-        ),
+        "inferer": build_inferer(dims, s.setting("patch_size"), axis, inf.overlap, inf.sw_batch_size, inf.blend),
     }
 
 
-def _model_meta(s: Session, in_channels: int) -> dict:
+def _model_meta(s: Session, in_channels: int, model_kwargs: dict) -> dict:
     """The model folder's ``model.json`` entries (epoch and Dice are added when it is written)."""
-    t_cfg, s_cfg = s.cfg.train, s.cfg.sample
+    t_cfg = s.cfg.train
     return {
-        "model": to_dict(t_cfg.model),
-        "spatial_dims": s_cfg.spatial_dims,
+        "model": model_kwargs,
+        "spatial_dims": s.setting("dims"),
         "in_channels": in_channels,
         "num_classes": s.num_classes,
         "labels": {str(i): n for i, n in s.plan.labels.items()},
         "plan": s.plan.to_dict(),
-        "patch_size": list(s_cfg.patch_size),
-        "slice_axis": s_cfg.slice_axis,
+        "patch_size": list(s.setting("patch_size")),
+        "slice_axis": s.setting("slice_axis"),
+        "settings": s.settings,
         "inference": to_dict(t_cfg.inference),
         "config": to_dict(s.cfg),
         "parameters": count_parameters(s.model),
@@ -226,18 +231,18 @@ def _model_meta(s: Session, in_channels: int) -> dict:
 
 def run_epoch(s: Session, epoch: int, progress: float) -> dict:
     """Train one epoch (learning rate by ``progress`` in [0, 1]) and validate if due; returns the log row."""
-    t_cfg, s_cfg, parts = s.cfg.train, s.cfg.sample, s.parts
+    t_cfg, parts, epochs = s.cfg.train, s.parts, s.setting("epochs")
     t0 = time.monotonic()
     lr = t_cfg.lr * lr_factor(t_cfg.optimizer, progress)
     set_lr(s.optimizer, lr)
     loader = epoch_loader(
         s.train_vols,
-        s_cfg.patch_size,
+        s.setting("patch_size"),
         parts["ratios"],
         epoch,
         t_cfg.seed,
-        t_cfg.batch_size,
-        t_cfg.iters_per_epoch,
+        s.setting("batch_size"),
+        s.setting("iters_per_epoch"),
         t_cfg.num_workers,
         parts["patch_slice_axis"],
         s.rank,
@@ -247,7 +252,7 @@ def run_epoch(s: Session, epoch: int, progress: float) -> dict:
         s.net, loader, parts["loss"], s.optimizer, s.device, s.scaler, parts["augment"], generator, s.layout
     )
     row = {"epoch": epoch, "train_loss": loss, "lr": lr}
-    if s.val_vols and (epoch % t_cfg.val_every == 0 or epoch == t_cfg.epochs - 1):
+    if s.val_vols and (epoch % t_cfg.val_every == 0 or epoch == epochs - 1):
         dice = validate(s.model, s.val_vols, parts["inferer"], s.num_classes, s.device, s.rank, s.world)
         names = [s.plan.labels[i] for i in range(1, s.num_classes)]
         row.update({f"val_dice_{n}": float(d) for n, d in zip(names, dice, strict=True)})
@@ -281,11 +286,18 @@ def record_epoch(s: Session, tracker: Tracker, row: dict, elapsed: float, comple
 
 def finish(s: Session, tracker: Tracker, minutes: float) -> None:
     """Rank 0: make sure the model folder holds the best epoch; write the log; log the summary and the model."""
-    t_cfg = s.cfg.train
+    t_cfg, epochs = s.cfg.train, s.setting("epochs")
+    # a run the wall clock stopped is marked so (model.json, MLflow, report): its epoch count is not the plan's
+    stopped = bool(s.history) and s.history[-1]["epoch"] + 1 < epochs
+    run_info = {"epochs_planned": epochs, "epochs_run": len(s.history), "stopped_by_max_minutes": stopped}
+    tracker.set_tags({f"train.{k}": v for k, v in run_info.items()})
+    s.meta["training"] = run_info
     if not (Path(t_cfg.out_dir) / "model.pt").is_file() and s.best_state is not None:
         s.model.load_state_dict(s.best_state)  # resumed after the best epoch: rebuild the model folder
         best_dice = s.best["dice"] if s.val_vols else None
         save_model_folder(t_cfg.out_dir, s.model, {**s.meta, "epoch": s.best["epoch"], "val_dice_mean": best_dice})
+    elif (Path(t_cfg.out_dir) / "model.json").is_file():
+        update_meta(t_cfg.out_dir, training=run_info)
     io.write_csv(t_cfg.log_file, pd.DataFrame(s.history))
     summary = {"best_epoch": s.best["epoch"], "train_minutes": minutes}
     if s.val_vols:
@@ -305,6 +317,7 @@ def _start_tracking(s: Session, tracker: Tracker) -> None:
     if not s.resumed:
         params = {**flatten(to_dict(s.cfg)), "model.parameters": s.meta["parameters"]}
         params.update({"data.train_cases": len(s.train_vols), "data.val_cases": len(s.val_vols)})
+        params.update({f"plan.{n}": f"{e['value']} ({e['source']})" for n, e in s.settings.items()})
         tracker.log_params(params)
     s.meta["mlflow"] = {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "experiment": s.cfg.mlflow.experiment}
 
@@ -312,7 +325,7 @@ def _start_tracking(s: Session, tracker: Tracker) -> None:
 def train(cfg: Config) -> dict:
     """Run (or resume) the whole training; returns the best epoch, best Dice and the MLflow run id."""
     s = setup(cfg)
-    t_cfg = cfg.train
+    t_cfg, epochs = cfg.train, s.setting("epochs")
     if s.main_rank:
         logger.info(
             "%s: %d parameters, %d train / %d val cases, device %s, %d threads x %d processes",
@@ -321,19 +334,19 @@ def train(cfg: Config) -> dict:
     budget_s = t_cfg.max_minutes * 60 if t_cfg.max_minutes else float("inf")
     start = time.monotonic() - s.elapsed_before
     tags = {**environment_tags(str(s.device), s.threads), "train.world_size": str(s.world)}
-    name = f"train-{t_cfg.model.name}-{cfg.sample.mode}"
+    name = f"train-{t_cfg.model.name}-{s.setting('dims')}d"
     tracking = run(cfg.mlflow, run_id=s.run_id, run_name=name, tags=tags) if s.main_rank else contextlib.nullcontext()
     with tracking as tracker:
         if tracker is not None:
             _start_tracking(s, tracker)
-        bar = tqdm(range(s.start_epoch, t_cfg.epochs), desc="train", unit="epoch", disable=not s.main_rank,
-                   initial=s.start_epoch, total=t_cfg.epochs)  # fmt: skip
+        bar = tqdm(range(s.start_epoch, epochs), desc="train", unit="epoch", disable=not s.main_rank,
+                   initial=s.start_epoch, total=epochs)  # fmt: skip
         postfix: dict[str, str] = {}
         for epoch in bar:
             # the schedule follows whichever budget (epochs or wall clock) runs out first
-            row = run_epoch(s, epoch, max(epoch / t_cfg.epochs, (time.monotonic() - start) / budget_s))
+            row = run_epoch(s, epoch, max(epoch / epochs, (time.monotonic() - start) / budget_s))
             s.history.append(row)
-            last = epoch == t_cfg.epochs - 1
+            last = epoch == epochs - 1
             stop = broadcast_flag(time.monotonic() - start + row["epoch_seconds"] > budget_s and not last)
             if s.main_rank:
                 record_epoch(s, tracker, row, time.monotonic() - start, complete=last or stop)

@@ -1,0 +1,181 @@
+"""Every data-dependent training setting: planned, or overridden by the config, with its source and reason.
+
+One knob per setting: a config value ``null`` means "planned from the data", an explicit value overrides.
+:func:`plan_settings` is the one place where the two meet; the result is written into ``plans.json``
+(``settings``) and printed when preprocessing ends; ``sample`` and ``train`` apply the config's overrides
+of the moment to the plan's dataset summary (:func:`resolve`: the same values unless the config changed
+since), the model folder carries what training used, and ``evaluate``, ``predict`` and the report read it.
+Each entry is ``{"value": ..., "source": "planned" | "overridden", "reason": "..."}``.
+
+=================  ==============================  ===============================================
+setting            config key                      planned
+=================  ==============================  ===============================================
+dims               ``sample.mode``                 2 for a one-slice axis or anisotropic spacing, else 3
+slice_axis         ``sample.slice_axis``           the one-slice axis, else the slow axis, else 2
+patch_size         ``sample.patch_size``           median shape shrunk to the memory budget
+batch_size         ``train.batch_size``            :func:`~pipeline.preprocessing.topology.plan_batch`
+depth              ``train.model.depth``           pooling steps of the planned topology
+strides, kernels   (follow patch and depth)        :func:`~pipeline.preprocessing.topology.plan_topology`
+foreground_ratio   ``sample.foreground_ratio``     0.5
+iters_per_epoch    ``train.iters_per_epoch``       one pass over the cases, 25-250 batches
+epochs             ``train.epochs``                ``train.target_minutes`` by the clock-free cost model
+=================  ==============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.config import Config, ConfigError
+from pipeline.preprocessing import topology as topo
+
+logger = logging.getLogger(__name__)
+
+PLANNED, OVERRIDDEN = "planned", "overridden"
+FOREGROUND_RATIO = 0.5
+MIN_ITERS, MAX_ITERS = 25, 250
+MIN_EPOCHS, MAX_EPOCHS = 10, 1000
+AXIS_NAMES = ("left-right", "posterior-anterior", "inferior-superior")
+
+
+def _entry(value: Any, override: Any, reason: str) -> dict:
+    if override is not None:
+        return {"value": _plain(override), "source": OVERRIDDEN, "reason": "set in the config"}
+    return {"value": _plain(value), "source": PLANNED, "reason": reason}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plan_dims(
+    median_spacing: Sequence[float], single_axis: int | None, slow_axis: int | None, threshold: float
+) -> tuple[int, int, str]:
+    """2D or 3D, the slice axis, and why."""
+    if single_axis is not None:
+        return 2, single_axis, f"one slice along axis {single_axis} ({AXIS_NAMES[single_axis]}): a 2D dataset"
+    if slow_axis is not None:
+        finest = min(s for a, s in enumerate(median_spacing) if a != slow_axis)
+        ratio = median_spacing[slow_axis] / finest
+        return 2, slow_axis, (
+            f"anisotropic: axis {slow_axis} spacing {median_spacing[slow_axis]:.3g} mm is {ratio:.1f}x the finest "
+            f"{finest:.3g} mm (> {threshold:g}); 2D slices across the thick axis"
+        )
+    ratio = max(median_spacing) / min(median_spacing)
+    return 3, 2, f"near-isotropic (spacing ratio {ratio:.1f} <= {threshold:g}): 3D patches"
+
+
+def _depth_topology(planned: dict, depth: int, dims: int) -> dict:
+    """The planned topology cut to (or extended with isotropic steps to) ``depth`` pooling steps."""
+    strides = [list(s) for s in planned["strides"][:depth]]
+    kernels = [list(k) for k in planned["kernel_sizes"][: depth + 1]]
+    strides += [[2] * dims for _ in range(depth - len(strides))]
+    kernels += [[3] * dims for _ in range(depth + 1 - len(kernels))]
+    pools = [sum(1 for s in strides if s[i] > 1) for i in range(dims)]
+    return {"strides": strides, "kernel_sizes": kernels, "pool_per_axis": pools, "depth": depth}
+
+
+def plan_settings(summary: Mapping[str, Any], spacing: Sequence[float], cfg: Config) -> dict[str, dict]:
+    """The training settings for a dataset ``summary`` (plan fingerprint) at ``spacing``, with overrides.
+
+    ``summary`` needs ``median_spacing``, ``median_preprocessed_shape``, ``n_cases``, ``dataset_voxels``,
+    ``single_axis`` and ``slow_axis``. Raises ConfigError for overrides that contradict each other.
+    """
+    s = cfg.sample
+    dims, axis, why = plan_dims(
+        summary["median_spacing"],
+        summary.get("single_axis"),
+        summary.get("slow_axis"),
+        cfg.preprocess.anisotropy_threshold,
+    )
+    out = {"dims": _entry(dims, None if s.mode is None else int(s.mode[0]), why)}
+    dims = out["dims"]["value"]
+    out["slice_axis"] = _entry(axis, s.slice_axis, why if dims == 2 else "unused in 3D")
+    axes = [a for a in range(3) if dims == 3 or a != out["slice_axis"]["value"]]
+    out.update(_network(summary, [spacing[a] for a in axes], axes, dims, cfg))
+    out.update(_schedule(summary, out, cfg))
+    return out
+
+
+def _network(summary: Mapping[str, Any], spacing: list[float], axes: list[int], dims: int, cfg: Config) -> dict:
+    """Patch, batch, depth, strides and kernel sizes."""
+    s, t, budget, base = cfg.sample, cfg.train, cfg.preprocess.memory_budget_gb, cfg.train.model.base_width
+    out: dict[str, dict] = {}
+    if s.patch_size is not None:
+        if len(s.patch_size) != dims:
+            raise ConfigError(f"sample.patch_size {list(s.patch_size)}: {dims}D needs {dims} values")
+        patch, planned = list(s.patch_size), topo.plan_topology(s.patch_size, spacing)
+        out["patch_size"] = _entry(patch, patch, "")
+    else:
+        shape = [summary["median_preprocessed_shape"][a] for a in axes]
+        patch, planned, gb = topo.fit_patch(shape, spacing, budget, base, max(topo.MIN_BATCH, t.batch_size or 0))
+        reason = f"median shape {[round(v) for v in shape]} within {budget:g} GB ({gb:.2f} GB)"
+        out["patch_size"] = _entry(patch, None, reason)
+    batch = topo.plan_batch(patch, planned, budget, base, summary["dataset_voxels"], dims)
+    preferred = topo.PREFERRED_BATCH[dims]
+    out["batch_size"] = _entry(batch, t.batch_size, f"{preferred} for {dims}D unless memory or 5% of the data caps it")
+    out["depth"] = _entry(planned["depth"], t.model.depth, f"halving each axis while it keeps {topo.MIN_AXIS}+ voxels")
+    network = _depth_topology(planned, out["depth"]["value"], dims)
+    derived = "per axis from the patch, spacing and depth (nnU-Net's rule)"
+    out["strides"] = {"value": network["strides"], "source": PLANNED, "reason": derived}
+    out["kernel_sizes"] = {"value": network["kernel_sizes"], "source": PLANNED, "reason": derived}
+    return out
+
+
+def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) -> dict:
+    """Foreground oversampling, iterations per epoch and epochs."""
+    s, t = cfg.sample, cfg.train
+    out = {"foreground_ratio": _entry(FOREGROUND_RATIO, s.foreground_ratio, "half the patches centred on foreground")}
+    n, batch = int(summary["n_cases"]), net["batch_size"]["value"]
+    iters = min(MAX_ITERS, max(MIN_ITERS, math.ceil(n / batch)))
+    out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})")
+    network = {"strides": net["strides"]["value"], "kernel_sizes": net["kernel_sizes"]["value"]}
+    network["depth"] = len(network["strides"])
+    patch = net["patch_size"]["value"]
+    per_epoch = topo.seconds_per_epoch(network, patch, batch, out["iters_per_epoch"]["value"], t.model.base_width)
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(t.target_minutes * 60 / per_epoch)))
+    reason = f"train.target_minutes {t.target_minutes:g} at an estimated {per_epoch:.1f} s/epoch on 2 CPU cores"
+    out["epochs"] = _entry(epochs, t.epochs, reason)
+    return out
+
+
+def resolve(plan: Any, cfg: Config) -> dict[str, dict]:
+    """The settings a stage uses: the plan's dataset summary with the overrides of the config *now*.
+
+    Equal to ``plan.settings`` while the config's training keys are unchanged since preprocessing; a
+    later override (e.g. ``dvc exp run -S train.batch_size=8``) takes effect without preprocessing again.
+    """
+    if not plan.fingerprint.get("dataset_voxels"):
+        raise ConfigError("plans.json predates the planned training settings; rerun the preprocess stage")
+    kept = {k: v for k, v in plan.settings.items() if k in ("target_spacing", "normalization")}
+    fresh = plan_settings(plan.fingerprint, plan.target_spacing, cfg)
+    changed = [k for k, v in fresh.items() if k in plan.settings and plan.settings[k]["value"] != v["value"]]
+    if changed:
+        logger.info("settings changed in the config since preprocessing: %s", ", ".join(changed))
+    return {**kept, **fresh}
+
+
+def values(settings: Mapping[str, Mapping]) -> dict[str, Any]:
+    """``{name: value}`` of a settings mapping."""
+    return {k: v["value"] for k, v in settings.items()}
+
+
+def format_settings(settings: Mapping[str, Mapping]) -> str:
+    """One compact block: a line per setting, ``name  value  [source]  reason``."""
+    width = max((len(k) for k in settings), default=0)
+    lines = []
+    for name, entry in settings.items():
+        value = json_compact(entry["value"])
+        lines.append(f"  {name:<{width}}  {value}  [{entry['source']}]  {entry.get('reason', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def json_compact(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(json_compact(v) for v in value) + "]"
+    return str(value)

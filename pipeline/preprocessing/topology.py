@@ -1,0 +1,146 @@
+"""Network topology, patch and batch for one configuration (2D or 3D), planned from spacing and shape.
+
+The rules follow the published nnU-Net planning (Isensee et al. 2021), written anew for DynUNet-like
+networks whose strides and kernels are set per level and axis:
+
+* **pooling per axis** (:func:`plan_topology`): level by level, an axis is halved only while its
+  current spacing is less than twice the finest current spacing and it keeps at least ``2 * MIN_AXIS``
+  voxels (so the bottleneck keeps ``MIN_AXIS``). A slow axis of anisotropic data is therefore not pooled
+  until the other axes, pooled, have become as coarse as it is.
+* **kernel sizes**: 3 along an axis from the first level where its spacing is comparable to the finest
+  (ratio < 2), 1 before that (no mixing across thick slices at full resolution).
+* **patch** (:func:`fit_patch`): start from the median preprocessed shape and, while a training batch
+  of ``MIN_BATCH`` does not fit the activation-memory budget, shrink the physically longest axis by one
+  pooling step; every axis is a multiple of ``2 ** pools`` along it.
+* **batch** (:func:`plan_batch`): the preferred CPU batch (``PREFERRED_BATCH``) when memory allows,
+  never above 5% of the dataset's voxels per batch (nnU-Net's cap) and never below ``MIN_BATCH``.
+* **cost** (:func:`seconds_per_epoch`): a fixed, clock-free cost model (multiply-adds of the
+  convolutions plus a per-iteration overhead), so the epoch count planned for a time target is the same
+  on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+MIN_AXIS = 4  # bottleneck feature maps keep at least this many voxels per pooled axis
+MAX_POOLS = 5  # per axis
+MIN_PATCH = 8  # smallest patch edge the planner shrinks to
+MAX_WIDTH = 320  # feature maps per level are capped here (as in nnU-Net and DynUNet configurations)
+BYTES_PER_VALUE = 4  # float32 activations
+TENSORS_PER_LEVEL = 6  # per block: conv output, norm output, activation, for each of its two convolutions
+MIN_BATCH = 2
+PREFERRED_BATCH = {2: 16, 3: 4}  # CPU batches (hippocampus 3D recipe: 4; synthetic 2D default: 16)
+MAX_BATCH_FRACTION = 0.05  # one batch holds at most this share of the dataset's voxels
+# Cost model, calibrated on two runs measured on 2 CPU cores (README): the hippocampus 3D recipe
+# (12.8 s per epoch of 50 x 4 patches of 40x56x40) and the synthetic 2D default (1.6 s per epoch of
+# 25 x 16 slices of 64x64). Estimates, not timings: they only have to be the same everywhere.
+MULTIPLY_ADDS_PER_SECOND = 2.1e10
+SECONDS_PER_ITERATION = 0.035
+
+
+def plan_topology(patch: Sequence[int], spacing: Sequence[float], max_pools: int = MAX_POOLS) -> dict:
+    """Strides and kernel sizes per level and axis for ``patch`` at ``spacing`` (see the module docstring).
+
+    Returns ``{"strides": [[...] per pooling step], "kernel_sizes": [[...] per level], "pool_per_axis":
+    [...], "depth": number of pooling steps}``; ``kernel_sizes`` has ``depth + 1`` entries.
+    """
+    size, current = [float(p) for p in patch], [float(s) for s in spacing]
+    pools = [0] * len(size)
+    strides: list[list[int]] = []
+    kernels: list[list[int]] = []
+    wide = [False] * len(size)  # axes whose kernels are already 3 wide
+    while True:
+        finest = min(current)
+        comparable = [s / finest < 2 for s in current]
+        wide = [w or c for w, c in zip(wide, comparable, strict=True)]
+        kernels.append([3 if w else 1 for w in wide])
+        step = [c and s >= 2 * MIN_AXIS and p < max_pools for c, s, p in zip(comparable, size, pools, strict=True)]
+        if not any(step):
+            break
+        strides.append([2 if s else 1 for s in step])
+        for i, s in enumerate(step):
+            if s:
+                size[i], current[i], pools[i] = size[i] / 2, current[i] * 2, pools[i] + 1
+    return {"strides": strides, "kernel_sizes": kernels, "pool_per_axis": pools, "depth": len(strides)}
+
+
+def widths(depth: int, base_width: int, max_width: int = MAX_WIDTH) -> list[int]:
+    """Feature maps per level (``depth + 1`` levels): doubling from ``base_width``, capped."""
+    return [min(base_width * 2**level, max_width) for level in range(depth + 1)]
+
+
+def _level_fractions(strides: Sequence[Sequence[int]]) -> list[float]:
+    """Share of the input voxels each level's feature maps hold."""
+    fractions = [1.0]
+    for step in strides:
+        fractions.append(fractions[-1] / math.prod(step))
+    return fractions
+
+
+def activation_bytes_per_voxel(topology: dict, base_width: int, max_width: int = MAX_WIDTH) -> float:
+    """Estimated training memory per input voxel of one sample through the U-Net of ``topology``.
+
+    Level ``l`` has ``w_l`` feature maps on a share ``f_l`` of the voxels; each level keeps
+    ``TENSORS_PER_LEVEL`` (6) such maps in the encoder and as many in the decoder, and backprop needs about
+    as much again for their gradients, all float32: ``4 * 6 * 2 * 2 * sum_l w_l * f_l`` bytes. Weights,
+    optimiser state and framework overhead are not included (budget them apart).
+    """
+    w = widths(topology["depth"], base_width, max_width)
+    f = _level_fractions(topology["strides"])
+    return BYTES_PER_VALUE * TENSORS_PER_LEVEL * 2 * 2 * sum(a * b for a, b in zip(w, f, strict=True))
+
+
+def multiply_adds_per_voxel(topology: dict, base_width: int, max_width: int = MAX_WIDTH) -> float:
+    """Convolution multiply-adds per input voxel of one sample, forward pass, main convolutions only."""
+    w = widths(topology["depth"], base_width, max_width)
+    f = _level_fractions(topology["strides"])
+    return sum(math.prod(k) * c * c * frac for k, c, frac in zip(topology["kernel_sizes"], w, f, strict=True))
+
+
+def seconds_per_epoch(topology: dict, patch: Sequence[int], batch: int, iterations: int, base_width: int) -> float:
+    """Estimated seconds of one training epoch on the reference machine (2 CPU cores); clock-free."""
+    work = batch * math.prod(patch) * multiply_adds_per_voxel(topology, base_width)
+    return iterations * (SECONDS_PER_ITERATION + work / MULTIPLY_ADDS_PER_SECOND)
+
+
+def _divisible(patch: Sequence[int], spacing: Sequence[float]) -> tuple[list[int], dict]:
+    """Round every axis up to a multiple of ``2 ** pools`` along it (pools recomputed after rounding)."""
+    patch = list(patch)
+    for _ in range(3):
+        topo = plan_topology(patch, spacing)
+        rounded = [math.ceil(p / 2**k) * 2**k for p, k in zip(patch, topo["pool_per_axis"], strict=True)]
+        if rounded == patch:
+            break
+        patch = rounded
+    return patch, plan_topology(patch, spacing)
+
+
+def fit_patch(
+    median_shape: Sequence[float], spacing: Sequence[float], budget_gb: float, base_width: int, batch: int = MIN_BATCH
+) -> tuple[list[int], dict, float]:
+    """Largest patch, from the median shape down, whose batch of ``batch`` fits ``budget_gb``.
+
+    Returns the patch, its topology and the estimated memory (GB) of a batch of ``batch``.
+    """
+    budget = budget_gb * 2**30
+    patch = [max(MIN_PATCH, int(round(s))) for s in median_shape]
+    while True:
+        patch, topo = _divisible(patch, spacing)
+        need = math.prod(patch) * activation_bytes_per_voxel(topo, base_width) * batch
+        shrinkable = [i for i, p in enumerate(patch) if p > MIN_PATCH]
+        if need <= budget or not shrinkable:
+            return patch, topo, need / 2**30
+        axis = max(shrinkable, key=lambda i: (patch[i] * spacing[i], patch[i]))
+        patch[axis] = max(MIN_PATCH, patch[axis] - 2 ** topo["pool_per_axis"][axis])
+
+
+def plan_batch(
+    patch: Sequence[int], topology: dict, budget_gb: float, base_width: int, dataset_voxels: float, dims: int
+) -> int:
+    """The preferred batch for ``dims``, lowered to fit the memory budget and 5% of the dataset's voxels."""
+    per_sample = math.prod(patch) * activation_bytes_per_voxel(topology, base_width)
+    by_memory = int(budget_gb * 2**30 // per_sample)
+    by_data = int(MAX_BATCH_FRACTION * dataset_voxels // math.prod(patch))
+    return max(MIN_BATCH, min(PREFERRED_BATCH[dims], by_memory, by_data))

@@ -1,0 +1,115 @@
+"""Planned training settings and their overrides (pipeline.preprocessing.settings)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, from_dict
+from pipeline.core.dataset import read_dataset
+from pipeline.preprocessing.fingerprint import fingerprint_dataset
+from pipeline.preprocessing.plan import Plan
+from pipeline.preprocessing.planner import make_plan
+from pipeline.preprocessing.settings import format_settings, plan_settings, resolve, values
+from pipeline.preprocessing.transforms import preprocessing
+
+
+def write_msd(root: Path, shape: tuple[int, ...], spacing: tuple[float, ...], n: int = 3) -> Path:
+    """``n`` cases of ``shape`` voxels at ``spacing`` mm, a blob labelled 1 in each."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    training = []
+    for i in range(n):
+        image = rng.normal(100, 10, shape).astype(np.float32)
+        label = np.zeros(shape, np.uint8)
+        label[tuple(slice(s // 4, max(s // 4 + 1, 3 * s // 4)) for s in shape)] = 1
+        image[label == 1] += 50
+        affine = np.diag([*spacing, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"c{i}.nii.gz")
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    meta = {"name": "t", "modality": {"0": "MR"}, "labels": {"0": "background", "1": "fg"}, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def plan_for(root: Path, params: dict | None = None) -> Plan:
+    cfg = from_dict({"preprocess": {"workers": 1}, **(params or {})})
+    info = read_dataset(root, "msd")
+    fingerprints, samples = fingerprint_dataset(info, 1, 1000)
+    return make_plan(info, fingerprints, samples, cfg.preprocess, cfg)
+
+
+def test_anisotropic_spacing_gives_the_network_per_axis_pooling(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "thick", (64, 64, 12), (0.8, 0.8, 4.0))
+    planned = plan_for(root)
+    assert planned.setting("dims") == 2 and planned.setting("slice_axis") == 2  # thick slices: 2D, said why
+    assert "anisotropic" in planned.settings["dims"]["reason"]
+    forced = plan_for(root, {"sample": {"mode": "3d"}})
+    strides, kernels = forced.setting("strides"), forced.setting("kernel_sizes")
+    assert forced.settings["dims"]["source"] == "overridden"
+    assert strides[0] == [2, 2, 1] and kernels[0] == [3, 3, 1]  # the thick axis waits, flat kernels first
+    assert any(s[2] == 2 for s in strides[1:])  # ... and is pooled once the others are as coarse
+    assert len(kernels) == forced.setting("depth") + 1 == len(strides) + 1
+
+
+def test_one_slice_dataset_plans_2d_and_never_resamples_that_axis(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "flat", (40, 48, 1), (1.0, 1.0, 1.0))
+    plan = plan_for(root, {"preprocess": {"target_spacing": [1.6, 1.6, 2.5], "workers": 1}})
+    assert plan.setting("dims") == 2 and plan.setting("slice_axis") == 2
+    assert "one slice" in plan.settings["dims"]["reason"]
+    assert plan.single_axis == 2 and plan.target_spacing[2] == 1.0
+    assert len(plan.setting("patch_size")) == 2
+    chain = preprocessing(**plan.transform_kwargs())
+    out = chain({"image": str(root / "imagesTr" / "c0.nii.gz"), "label": str(root / "labelsTr" / "c0.nii.gz")})
+    assert out["image"].shape[-1] == 1 and out["image"].shape[1] == 25  # 40 mm at 1.6 mm; one slice kept
+    assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_an_override_wins_and_is_reported_as_overridden(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "iso", (32, 40, 24), (1.0, 1.0, 1.0))
+    planned = plan_for(root)
+    assert planned.setting("dims") == 3 and planned.settings["batch_size"]["source"] == "planned"
+    params = {"train": {"batch_size": 3, "epochs": 7, "model": {"depth": 2}}, "sample": {"patch_size": [16, 16, 16]}}
+    plan = plan_for(root, params)
+    for name, value in (("batch_size", 3), ("epochs", 7), ("depth", 2), ("patch_size", [16, 16, 16])):
+        assert plan.settings[name] == {"value": value, "source": "overridden", "reason": "set in the config"}
+    assert len(plan.setting("strides")) == 2
+    block = format_settings(plan.settings)
+    assert "batch_size" in block and "[overridden]" in block and "[planned]" in block
+    # a later config change takes effect in the stages that resolve the plan, also reported as overridden
+    later = resolve(planned, from_dict({"train": {"iters_per_epoch": 11}}))
+    assert later["iters_per_epoch"]["value"] == 11 and later["iters_per_epoch"]["source"] == "overridden"
+    assert values(resolve(planned, from_dict({}))) == values(planned.settings)
+    with pytest.raises(ConfigError, match="sample.patch_size"):
+        plan_for(root, {"sample": {"patch_size": [16, 16]}})  # 2 values for a 3D plan
+
+
+def test_same_params_give_the_same_epoch_count_without_any_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = {
+        "median_spacing": [1.0, 1.0, 1.0],
+        "median_preprocessed_shape": [36.0, 50.0, 35.0],
+        "n_cases": 180,
+        "dataset_voxels": 180 * 63_000.0,
+        "single_axis": None,
+        "slow_axis": None,
+    }
+    cfg = from_dict({"train": {"target_minutes": 20}})
+    first = plan_settings(summary, [1.0, 1.0, 1.0], cfg)
+
+    def no_clock() -> float:
+        raise AssertionError("planning must not read a clock")
+
+    for name in ("time", "monotonic", "perf_counter", "process_time"):
+        monkeypatch.setattr(time, name, no_clock)
+    second = plan_settings(summary, [1.0, 1.0, 1.0], cfg)  # another machine: any speed, same plan
+    assert second == first
+    assert first["epochs"]["source"] == "planned" and 10 <= first["epochs"]["value"] <= 1000
+    longer = plan_settings(summary, [1.0, 1.0, 1.0], from_dict({"train": {"target_minutes": 40}}))
+    assert longer["epochs"]["value"] == pytest.approx(2 * first["epochs"]["value"], abs=1)
