@@ -157,7 +157,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     epochs: int | None = None  # None: planned for target_minutes by a clock-free cost model (same on every machine)
-    target_minutes: float = 15.0  # training time the planned epoch count aims at on 2 CPU cores
+    target_minutes: float = 1.0  # the planned epochs aim at this on 2 CPU cores (embedded study: 1; own data: ~15)
     max_minutes: float | None = None  # wall-clock stop for exploration (a run it stops is marked so); None: epochs only
     iters_per_epoch: int | None = None  # None: planned
     batch_size: int | None = None  # None: planned

@@ -11,7 +11,12 @@ def test_default_params_file_loads() -> None:
     cfg = load(ROOT / "configs" / "params.yaml")
     assert isinstance(cfg, Config)
     assert cfg.sample.mode in ("2d", "3d", None)  # None: planned from the data
-    assert isinstance(cfg.preprocess.target_spacing, tuple)
+    assert cfg.preprocess.target_spacing is None and cfg.train.epochs is None  # planned
+
+
+def test_hippocampus_recipe_loads_and_only_overrides() -> None:
+    cfg = load(ROOT / "configs" / "hippocampus.yaml")
+    assert cfg.train.epochs == 94 and cfg.sample.patch_size is None and cfg.train.batch_size is None
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:

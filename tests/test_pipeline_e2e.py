@@ -22,8 +22,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "synthetic": {"n_cases": 10},
-    "split": {"test_fraction": 0.3, "folds": 3},
-    "sample": {"patch_size_2d": [48, 48], "patch_size_3d": [32, 32, 8]},
+    "split": {"test_fraction": 0.3, "folds": 3},  # sample mode and patch: planned
     "train": {
         "epochs": 3,
         "iters_per_epoch": 4,

@@ -126,6 +126,20 @@ def test_report_of_2d_pictures_says_pixels_and_draws_the_picture(study: dict) ->
     assert "in pixels" not in _report(study)
 
 
+def test_report_lists_every_setting_with_its_source_and_a_wall_clock_stop(study: dict) -> None:
+    settings = {
+        "patch_size": {"value": [40, 56, 40], "source": "planned", "reason": "median shape within 4 GB"},
+        "batch_size": {"value": 3, "source": "overridden", "reason": "set in the config"},
+    }
+    stopped = {"epochs_planned": 94, "epochs_run": 29, "stopped_by_max_minutes": True}
+    text = _report(study, settings=settings, training=stopped)
+    assert "The plan" in text and "[40, 56, 40]" in text and "median shape within 4 GB" in text
+    assert re.search(r"batch_size</td><td[^>]*>3</td><td[^>]*>overridden", text)
+    assert "after 29 of 94 epochs" in text
+    done = _report(study, settings=settings, training={**stopped, "epochs_run": 94, "stopped_by_max_minutes": False})
+    assert "Trained the 94 epochs of the plan" in done and "Stopped by the wall clock" not in done
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium not installed (CI installs it in .ci/run: apt-get install chromium)"

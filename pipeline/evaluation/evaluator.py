@@ -110,6 +110,8 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
         overlays=overlays,
         class_names=labels,
         title=f"Evaluation of {len(cases)} test cases ({info.name})",
+        settings=predictor.meta.get("settings"),
+        training=predictor.meta.get("training"),
     )
     _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags)
     logger.info("mean Dice %.4f over %d test cases", summary["mean_dice"], len(cases))

@@ -8,6 +8,7 @@ or images, and a Content-Security-Policy that forbids any network fetch, so it o
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -167,6 +168,24 @@ def _worst_section(per_case: pd.DataFrame, n_worst: int) -> str:
     return f"<h2>Worst cases</h2><p class='note'>The {len(rows)} cases with the lowest mean Dice.</p>{table}"
 
 
+def _plan_section(settings: Mapping[str, Any] | None, training: Mapping[str, Any] | None) -> str:
+    """The model's settings (planned or overridden, with the reason) and how its training ended."""
+    parts = ["<h2>The plan</h2>"]
+    if training:
+        run, planned = training.get("epochs_run"), training.get("epochs_planned")
+        if training.get("stopped_by_max_minutes"):
+            note = f"Stopped by the wall clock (train.max_minutes) after {run} of {planned} epochs: not reproducible."
+        else:
+            note = f"Trained the {planned} epochs of the plan."
+        parts.append(f'<p class="note">{_e(note)}</p>')
+    if settings:
+        rows = [[k, json.dumps(v.get("value")), v.get("source", ""), v.get("reason", "")] for k, v in settings.items()]
+        parts.append(_table(["setting", "value", "source", "reason"], rows, left=4))
+    else:
+        parts.append('<p class="note">The model folder records no planned settings.</p>')
+    return "\n".join(parts)
+
+
 def _config_section(config: Mapping[str, Any] | None, lineage: Mapping[str, Any] | None) -> str:
     parts = ["<h2>Lineage and configuration</h2>"]
     if lineage:
@@ -190,6 +209,8 @@ def build_report(
     class_names: Mapping[int, str] | None = None,
     title: str = "Segmentation evaluation report",
     n_worst: int = 10,
+    settings: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole report as one HTML string (images embedded, nothing fetched).
 
@@ -197,7 +218,8 @@ def build_report(
     provenance columns), ``summary`` the dict of :func:`pipeline.evaluation.metrics.summarize`, ``train_log``
     the learning-curve table (may be None), ``overlays`` the cases to draw (any iterable: a generator
     keeps one case's volumes in memory at a time), ``class_names`` the label index -> name mapping
-    (derived from ``per_case`` when omitted).
+    (derived from ``per_case`` when omitted), ``settings`` and ``training`` the model folder's planned
+    settings and run record (``model.json``).
     """
     if class_names is None:
         pairs = per_case[["class_index", "class_name"]].drop_duplicates() if "class_index" in per_case else None
@@ -233,6 +255,8 @@ def build_report(
     else:
         sections.append('<p class="note">No overlays.</p>')
 
+    if settings is not None or training is not None:
+        sections.append(_plan_section(settings, training))
     sections.append(_config_section(config, lineage))
     body = "\n".join(sections)
     return (
