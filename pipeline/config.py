@@ -60,8 +60,9 @@ class SyntheticConfig:
 class PreprocessConfig:
     """Fingerprint the dataset, plan, then reorient, resample, crop and normalise every case.
 
-    Every planned value (see :mod:`pipeline.preprocessing.planner`) has a field here; None means "planned from
-    the data".
+    Spacing and normalisation are planned here (None / auto: from the data, :mod:`pipeline.preprocessing.planner`);
+    the training settings the plan also holds have their knobs in ``sample`` and ``train`` (None: planned,
+    :mod:`pipeline.preprocessing.settings`).
     """
 
     out_dir: str = "data/preprocessed"
