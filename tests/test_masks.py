@@ -11,9 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.core.dataset import Case, read_dataset
+from pipeline.config import PreprocessConfig
+from pipeline.core.dataset import Case, read_dataset, read_folder
+from pipeline.core.labels import resolve_labels
 from pipeline.core.validation import validate_dataset
 from pipeline.inference.masks import mask_name, save_mask
+from pipeline.inference.predictor import Predictor
+from pipeline.preprocessing.preprocessor import plan_dataset, preprocess_dataset
 
 
 class Bright(torch.nn.Module):
@@ -33,13 +37,55 @@ def photo_dataset(root: Path, n: int = 3, size: tuple[int, int] = (37, 29)) -> P
         rgb[disc] += np.array([150, 120, 90], np.uint8)
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "labels").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).save(root / "images" / f"photo{i}.png")
+        picture = Image.fromarray(rgb)
+        (picture.convert("L") if i == n - 1 else picture).save(root / "images" / f"photo{i}.png")  # one grey
         Image.fromarray((disc * 255).astype(np.uint8)).save(root / "labels" / f"photo{i}.gif")
     return root
 
 
 def test_mask_names_follow_the_image_kind():
     assert mask_name("a", "x/a.jpeg") == "a.png" and mask_name("b", "x/b.nii.gz") == "b.nii.gz"
+
+
+def test_rgb_png_with_0_255_gif_masks_is_read_trained_ready_and_predicted_back_as_png(tmp_path):
+    root = photo_dataset(tmp_path / "photos")
+    info, problems = resolve_labels(read_folder(root))
+    assert problems == [] and info.label_values == (0, 255) and info.labels == {0: "background", 1: "foreground"}
+    assert validate_dataset(info, progress=False) == []
+
+    cfg = PreprocessConfig(out_dir=str(tmp_path / "pre"), workers=1, target_spacing=None)
+    plan, fingerprints = plan_dataset(info, cfg)
+    assert plan.label_values == (0, 255) and len(plan.intensity) == 3
+    preprocess_dataset(info, plan, cfg.out_dir, fingerprints, workers=1)
+    image = np.load(tmp_path / "pre" / "images" / "photo0.npy")
+    label = np.load(tmp_path / "pre" / "labels" / "photo0.npy")
+    assert image.shape[0] == 3 and image.shape[-1] == 1  # three colour channels, one slice
+    assert set(np.unique(label)) == {0, 1}  # 255 became class 1
+
+    meta = {
+        "model": {"name": "bright"},
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "num_classes": 2,
+        "labels": {"0": "background", "1": "foreground"},
+        "plan": plan.to_dict(),
+        "patch_size": [32, 32],
+        "slice_axis": 2,
+        "inference": {"overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian", "mirror_tta": False},
+    }
+    predictor = Predictor(model=Bright(), meta=meta, device="cpu")
+    case = info.cases[0]
+    pred = predictor.predict(case)
+    out = save_mask(pred.labels, pred.reference, case.images[0], tmp_path / "out", case.case_id, plan.label_values)
+    assert out.name == "photo0.png"
+    with Image.open(out) as img, Image.open(case.images[0]) as src:
+        assert img.size == src.size and img.mode == "L"
+        written = np.asarray(img)
+    assert set(np.unique(written)) == {0, 255}
+    truth = np.asarray(Image.open(case.label)) > 0
+    assert (written > 0)[truth].mean() > 0.9 and (written > 0)[~truth].mean() < 0.1
+    grey = info.cases[-1]  # a grey picture in a colour dataset becomes RGB for the model
+    assert predictor.predict(grey).labels.shape == np.asarray(Image.open(grey.images[0])).T.shape + (1,)
 
 
 def test_brats_like_labels_are_written_back_with_their_declared_values(tmp_path):

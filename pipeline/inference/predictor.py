@@ -73,7 +73,8 @@ def read_checked(case: Case, in_channels: int) -> tuple[MetaTensor, nib.Nifti1Im
         raise UnreadableScanError(f"{problems[0].file}: {problems[0].problem}{more}")
     ok = [r for r in reads if r is not None]
     channels = sum(1 if data.ndim == 3 else int(data.shape[-1]) for data, _ in ok)
-    if channels != in_channels:
+    picture = not ok[0][1].physical_spacing  # 2D grey <-> RGB is converted by the chain (MatchChannelsd)
+    if channels != in_channels and not (picture and {channels, in_channels} == {1, 3}):
         raise UnreadableScanError(f"{case.images[0]}: {channels} channel(s), the model takes {in_channels}")
     return load_image(ok, case.images[0]), reference_image(ok[0][1])
 
