@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from pipeline.core import io
 
 __all__ = [
     "LABELS",
@@ -279,24 +279,6 @@ def make_synthetic_case(
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; make outputs readable like normal files
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(data.dtype)
@@ -355,8 +337,8 @@ def make_synthetic_dataset(
         img_s, aff_s = _reorient(img, affine, perm, flips)
         lab_s, _ = _reorient(lab, affine, perm, flips)
         name = f"case_{i:03d}.nii.gz"
-        _atomic_write_bytes(root / "imagesTr" / name, _nifti_bytes(img_s, aff_s))
-        _atomic_write_bytes(root / "labelsTr" / name, _nifti_bytes(lab_s.astype(np.uint8), aff_s))
+        io.write_bytes(root / "imagesTr" / name, _nifti_bytes(img_s, aff_s))
+        io.write_bytes(root / "labelsTr" / name, _nifti_bytes(lab_s.astype(np.uint8), aff_s))
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
 
     meta = {
@@ -377,5 +359,5 @@ def make_synthetic_dataset(
         "training": training,
         "test": [],
     }
-    _atomic_write_bytes(root / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    io.write_bytes(root / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return root

@@ -35,7 +35,7 @@ def save_mask(
     label_values: Sequence[float] = (),
 ) -> Path:
     """Write one prediction (classes on the scan's grid) into ``out_dir``; returns the file written."""
-    path = Path(out_dir) / mask_name(case_id, image)
+    path = io.inside(out_dir, mask_name(case_id, image))
     values = to_values(np.asarray(classes), label_values)
     if is_image2d(image):
         return write_mask_2d(values, path)

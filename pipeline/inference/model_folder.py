@@ -37,8 +37,9 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, meta: dict) ->
     """Write weights, then the metadata that names their checksum (each file atomically)."""
     folder = Path(folder)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    io.write_atomic(folder / WEIGHTS, lambda p: torch.save(state, p))
-    io.write_json(folder / META, {**meta, "format_version": FORMAT_VERSION, "weights_sha256": sha256(folder / WEIGHTS)})
+    weights = io.write_atomic(io.inside(folder, WEIGHTS), lambda p: torch.save(state, p))
+    meta = {**meta, "format_version": FORMAT_VERSION, "weights_sha256": sha256(weights)}
+    io.write_json(io.inside(folder, META), meta)
     return folder
 
 

@@ -84,15 +84,10 @@ def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, pa
 
     Readers that apply the NIfTI scaling (nibabel ``get_fdata``, ITK-SNAP, 3D Slicer) see values in [0, 1].
     """
-    if tuple(probabilities.shape[:3]) != tuple(reference.shape[:3]):
-        raise ValueError(f"{path}: probabilities {probabilities.shape} do not match reference {reference.shape}")
-    header = reference.header.copy()
-    header.set_data_dtype(np.uint8)
-    img = nib.Nifti1Image(probabilities, reference.affine, header=header)
-    sform, scode = reference.header.get_sform(coded=True)
-    qform, qcode = reference.header.get_qform(coded=True)
-    img.set_sform(sform if sform is not None else reference.affine, int(scode))
-    img.set_qform(qform if qform is not None else reference.affine, int(qcode))
+    try:
+        img = io.like(probabilities, reference, np.uint8)
+    except ValueError as err:
+        raise ValueError(f"{path}: probabilities {err}") from None
     img.header.set_slope_inter(1.0 / 255.0, 0.0)
     img.header["intent_code"] = 1007  # NIFTI_INTENT_VECTOR: one value per class
     return io.write_atomic(path, lambda p: nib.save(img, str(p)))

@@ -83,11 +83,11 @@ def preprocess_case(case: Case, plan: Plan, out_dir: str | Path) -> dict:
     image = out["image"].numpy().astype(np.float32, copy=False)
     row: dict = {"case_id": case.case_id, "preprocessed_shape": "x".join(str(s) for s in image.shape[1:])}
     files = {"image": f"images/{case.case_id}.npy"}
-    io.write_npy(out_dir / files["image"], image)
+    io.write_npy(io.inside(out_dir, "images", f"{case.case_id}.npy"), image)
     if case.label is not None:
         label = np.rint(out["label"].numpy()).astype(np.uint8)
         files["label"] = f"labels/{case.case_id}.npy"
-        io.write_npy(out_dir / files["label"], label)
+        io.write_npy(io.inside(out_dir, "labels", f"{case.case_id}.npy"), label)
         counts = np.bincount(label.ravel(), minlength=plan.num_classes)
         for k in plan.labels:
             if k:
@@ -102,13 +102,13 @@ def preprocess_case(case: Case, plan: Plan, out_dir: str | Path) -> dict:
         "row": row,
         "geometry": geometry_record(out["image"]),
     }
-    io.write_json(out_dir / META_DIR / f"{case.case_id}.json", marker)
+    io.write_json(io.inside(out_dir, META_DIR, f"{case.case_id}.json"), marker)
     return row
 
 
 def read_case_meta(out_dir: str | Path, case_id: str) -> dict:
     """The ``meta/<id>.json`` record of a preprocessed case (geometry, statistics, files)."""
-    return json.loads((Path(out_dir) / META_DIR / f"{case_id}.json").read_text())
+    return json.loads(io.inside(out_dir, META_DIR, f"{case_id}.json").read_text())
 
 
 def _finished_row(out_dir: Path, case: Case, plan_hash: str) -> dict | None:

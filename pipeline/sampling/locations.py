@@ -46,7 +46,8 @@ def build_samples(
         if split != "test":
             label = np.load(preprocessed_dir / "labels" / f"{case_id}.npy")[0]
             locs = class_locations(label, num_classes, rng)
-            io.write_atomic(out_dir / "locations" / f"{case_id}.npz", lambda p, locs=locs: np.savez(p, **locs))
+            path = io.inside(out_dir, "locations", f"{case_id}.npz")
+            io.write_atomic(path, lambda p, locs=locs: np.savez(p, **locs))
             for k in range(1, num_classes):
                 row[f"voxels_{k}"] = int((label == k).sum())
             if mode == "2d":
@@ -64,5 +65,5 @@ def read_samples(samples_dir: str | Path) -> pd.DataFrame:
 
 
 def load_locations(samples_dir: str | Path, case_id: str, num_classes: int) -> list[np.ndarray]:
-    with np.load(Path(samples_dir) / "locations" / f"{case_id}.npz") as z:
+    with np.load(io.inside(samples_dir, "locations", f"{case_id}.npz")) as z:
         return [z[f"c{k}"] for k in range(num_classes)]

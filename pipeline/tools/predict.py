@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.core import dicom
+from pipeline.core import dicom, io
 from pipeline.core.dataset import Case
 from pipeline.core.readers import DEFAULT_MAX_VOXELS, SUPPORTED_SUFFIXES, is_image_file, set_max_voxels, strip_suffix
 from pipeline.inference.dicom_seg import CodeMapError, load_code_map, write_seg
@@ -110,12 +110,13 @@ def write_outputs(
     """
     if args.output_format == "dicom-seg":
         out = write_seg(
-            pred.labels, dicom.read_volume(case.images[0]), names, args.output / f"{case.case_id}.dcm", codes
+            pred.labels, dicom.read_volume(case.images[0]), names, io.inside(args.output, f"{case.case_id}.dcm"), codes
         )
     else:
         out = save_mask(pred.labels, pred.reference, case.images[0], args.output, case.case_id, values)
     if pred.probabilities is not None:
-        save_probabilities(pred.probabilities, pred.reference, args.output / f"{case.case_id}_probabilities.nii.gz")
+        probabilities = io.inside(args.output, f"{case.case_id}_probabilities.nii.gz")
+        save_probabilities(pred.probabilities, pred.reference, probabilities)
     return out
 
 
