@@ -140,6 +140,22 @@ def test_report_lists_every_setting_with_its_source_and_a_wall_clock_stop(study:
     assert "Trained the 94 epochs of the plan" in done and "Stopped by the wall clock" not in done
 
 
+def test_dollar_and_tex_in_label_and_case_names_are_drawn_as_text(study: dict) -> None:
+    """A ``$`` in a label or case name used to be parsed as matplotlib math text and crash the report."""
+    names = {0: "background", 1: "tumour (core) $\\frac{$", 2: "CD4+ $x^$"}
+    case = "case$_{1"
+    log = study["train_log"].rename(columns={"val_dice_organ": f"val_dice_{names[1]}", "val_dice_lesion": "val_dice_$"})
+    per_case = study["per_case"].assign(
+        case_id=lambda d: d.case_id.replace("case_4", case),
+        class_name=lambda d: d.class_name.map({"organ": names[1], "lesion": names[2]}),
+    )
+    first = study["overlays"][0]
+    overlays = [Overlay(first.role, case, first.image, first.reference, first.prediction, first.spacing, 0.5)]
+    text = build_report(per_case, study["summary"], train_log=log, overlays=overlays, class_names=names)
+    assert len(IMG_RE.findall(text)) == 3  # learning curves, metric distributions, one overlay
+    assert "case$_{1" in text and "CD4+ $x^$" in text
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium not installed (CI installs it in .ci/run: apt-get install chromium)"

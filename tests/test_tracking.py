@@ -1,14 +1,113 @@
-"""Tests for pipeline.evaluation.tracking.register_model: one registry version per training run, tags updated."""
+"""pipeline.evaluation.tracking: no credential is stored, logged or printed; any label name makes a valid MLflow key."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
+import mlflow
 import pytest
+from conftest import tiny_params, write_params
+from mlflow.tracking import MlflowClient
 
-mlflow = pytest.importorskip("mlflow")
+from pipeline.config import from_dict
+from pipeline.evaluation.tracking import mlflow_keys, public_config, redact_uri, register_model, run
 
-from pipeline.evaluation.tracking import register_model  # noqa: E402
+SECRET = "s3cr3tT0ken"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        (f"https://alice:{SECRET}@mlflow.example.org:5000/api", "https://mlflow.example.org:5000/api"),
+        (f"postgresql://alice:{SECRET}@db/mlflow?sslmode=require", "postgresql://db/mlflow?sslmode=require"),
+        (f"http://host/?x=1&access_token={SECRET}", "http://host/?x=1&access_token=REDACTED"),
+        (f"sqlite:////data/mlflow.db?token={SECRET}", "sqlite:////data/mlflow.db?token=REDACTED"),
+        (f"https://host/path?X-Amz-Signature={SECRET}&api_key={SECRET}", None),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),  # nothing to strip: unchanged
+        ("databricks://profile:prefix", "databricks://profile:prefix"),
+        ("mlruns", "mlruns"),
+    ],
+)
+def test_redact_uri_strips_user_info_and_secret_query_values(uri, expected):
+    out = redact_uri(uri)
+    assert SECRET not in out and "alice" not in out
+    if expected is not None:
+        assert out == expected
+
+
+def test_public_config_redacts_only_the_tracking_uri():
+    config = {"mlflow": {"tracking_uri": f"https://u:{SECRET}@h", "experiment": "x"}, "train": {"epochs": 3}}
+    public = public_config(config)
+    assert public == {"mlflow": {"tracking_uri": "https://h", "experiment": "x"}, "train": {"epochs": 3}}
+    assert SECRET in config["mlflow"]["tracking_uri"]  # the caller's dict is not changed
+
+
+def test_mlflow_keys_are_valid_and_distinct():
+    names = ["val_dice_mean", "val_dice_tumour (core)", "val_dice_CD4+", "val_dice_CD4$", "a//b", "..", ""]
+    keys = mlflow_keys(names)
+    assert keys["val_dice_mean"] == "val_dice_mean"  # valid names are kept
+    assert len(set(keys.values())) == len(names)
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name, _validate_tag_name
+
+    for key in keys.values():
+        _validate_metric_name(key)
+        _validate_param_name(key)
+        _validate_tag_name(key)
+
+
+def test_a_tracking_uri_with_a_token_is_never_logged(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = from_dict({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}?token={SECRET}"}})
+    caplog.set_level(logging.INFO)
+    with run(cfg.mlflow, run_id="0" * 32) as tracker:  # a missing run: warns with the URI
+        tracker.log_metrics({"val_dice_tumour (core)": 0.5, "val_dice_CD4+": 0.25}, step=0)
+    assert SECRET not in tracker.uri and SECRET in tracker.connection_uri
+    assert SECRET not in caplog.text and "REDACTED" in caplog.text
+    metrics = MlflowClient(tracker.connection_uri).get_run(tracker.run_id).data.metrics
+    assert metrics == {"val_dice_tumour _core_": 0.5, "val_dice_CD4_": 0.25}
+
+
+@pytest.mark.slow
+def test_hostile_label_names_and_a_token_through_training_and_report(tmp_path, monkeypatch, capfd, caplog):
+    """Labels legal in dataset.json but not in an MLflow key, a ``$`` for matplotlib, a token in the URI."""
+    from pipeline.core.synthetic import make_synthetic_dataset
+    from pipeline.stages import evaluate, preprocess, sample, train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params(tmp_path / "run", epochs=2, iters_per_epoch=2)
+    params["mlflow"]["tracking_uri"] += f"?token={SECRET}"
+    raw = Path(params["data"]["root"])
+    make_synthetic_dataset(raw, n_cases=8, seed=0)
+    meta = json.loads((raw / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "1": "tumour (core)", "2": "CD4+ $x^$"}
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    config = str(write_params(tmp_path / "params.yaml", params))
+    caplog.set_level(logging.INFO)
+    for stage in (preprocess, sample, train, evaluate):
+        assert stage.main(["--config", config]) == 0, stage.__name__
+
+    run_dir = tmp_path / "run"
+    model_json = (run_dir / "model" / "model.json").read_text()
+    assert "tumour (core)" in model_json and SECRET not in model_json
+    assert SECRET not in (run_dir / "metrics" / "report.html").read_text()
+    assert "CD4+ $x^$" in (run_dir / "metrics" / "report.html").read_text()
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err + caplog.text
+
+    run_id = json.loads(model_json)["mlflow"]["run_id"]
+    client = MlflowClient(params["mlflow"]["tracking_uri"])
+    data = client.get_run(run_id).data
+    assert [m.step for m in client.get_metric_history(run_id, "val_dice_tumour _core_")] == [0, 1]
+    assert "val_dice_CD4_ _x__" in data.metrics
+    assert not [k for k, v in data.params.items() if SECRET in v]
+    # nothing written anywhere (model folder, MLflow store and artifacts, pyfunc copy, report) holds the token
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "params.yaml"]
+    assert any(p.name == "MLmodel" for p in written)  # the pyfunc model is among them
+    assert not [p for p in written if SECRET.encode() in p.read_bytes()]
 
 
 class _Echo(mlflow.pyfunc.PythonModel):

@@ -58,12 +58,14 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> pd.DataFrame:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from pipeline.evaluation.tracking import redact_uri
+
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     client = MlflowClient(uri)
     try:
         client.get_run(run_id)
     except MlflowException as err:
-        raise CompareError(f"mlflow:{run_id}: no such run in {uri} ({err})") from None
+        raise CompareError(f"mlflow:{run_id}: no such run in {redact_uri(uri)} ({err})") from None
     with tempfile.TemporaryDirectory() as tmp:
         for artifact in (CSV_ARTIFACT, TABLE_ARTIFACT):
             try:
@@ -74,7 +76,7 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> pd.DataFrame:
                 return pd.read_csv(local)
             table = json.loads(local.read_text())
             return pd.DataFrame(table["data"], columns=table["columns"])
-    raise CompareError(f"mlflow:{run_id}: run has neither {CSV_ARTIFACT} nor {TABLE_ARTIFACT} in {uri}")
+    raise CompareError(f"mlflow:{run_id}: run has neither {CSV_ARTIFACT} nor {TABLE_ARTIFACT} in {redact_uri(uri)}")
 
 
 def _from_dvc(rev: str, repo: str | None = None) -> pd.DataFrame:

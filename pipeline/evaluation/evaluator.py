@@ -32,7 +32,7 @@ from pipeline.evaluation.lineage import lineage_tags
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 from pipeline.evaluation.plots import Overlay
 from pipeline.evaluation.report import case_ranking, pick_cases, write_report
-from pipeline.evaluation.tracking import register_model, run
+from pipeline.evaluation.tracking import public_config, register_model, run
 from pipeline.inference.masks import save_mask
 from pipeline.inference.model_folder import sha256
 from pipeline.inference.predictor import Predictor
@@ -104,7 +104,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
         metrics_dir,
         per_case,
         summary,
-        config=to_dict(cfg),
+        config=public_config(to_dict(cfg)),
         lineage=tags,
         train_log=read_train_log(cfg.train.log_file),
         overlays=overlays,

@@ -7,13 +7,16 @@ global figure state are involved; :mod:`pipeline.evaluation.report` embeds them 
 from __future__ import annotations
 
 import base64
+import functools
 import io as _io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -76,6 +79,17 @@ def choose_slices(reference: np.ndarray, prediction: np.ndarray, axis: int, n: i
     return [int(i) for i in candidates[positions]]
 
 
+def _plain_text(draw: Callable[..., str]) -> Callable[..., str]:
+    """Draw with math text off: a ``$`` in a label or case name is shown as it is, never parsed as TeX."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        with rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
 def _png(fig: Figure) -> str:
     """Base64 PNG of a figure, drawn by the Agg canvas."""
     buf = _io.BytesIO()
@@ -83,6 +97,7 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@_plain_text
 def learning_curves_png(train_log: pd.DataFrame) -> str:
     """Training loss, validation Dice per class and learning rate against the epoch."""
     fig = Figure(figsize=(12, 3.4))
@@ -115,6 +130,7 @@ def learning_curves_png(train_log: pd.DataFrame) -> str:
     return _png(fig)
 
 
+@_plain_text
 def metric_distributions_png(per_case: pd.DataFrame, metrics: Sequence[str] = PLOT_METRICS) -> str:
     """One panel per metric: a box per class with the per-case values as a jittered strip."""
     metrics = [m for m in metrics if m in per_case.columns]
@@ -162,6 +178,7 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+@_plain_text
 def overlay_png(overlay: Overlay, class_names: Mapping[int, str], n_slices: int = 3) -> str:
     """Slices of the image with reference (solid) and prediction (dashed) contours per class."""
     image = np.asarray(overlay.image, dtype=np.float32)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import posixpath
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -20,11 +23,49 @@ from pipeline.config import MlflowConfig
 logger = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
+MAX_KEY_LENGTH = 250  # MLflow's limit on metric, param and tag keys
+_KEY_CHARS = re.compile(r"[^\w.\- /]")  # what MLflow admits in a key on every platform
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
     """``MLFLOW_TRACKING_URI`` from the environment if set, else the configured one."""
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+#: query parameters whose value is a credential (``?token=...``, ``?X-Amz-Signature=...``, ``?password=...``)
+_SECRET_PARAM = re.compile(r"token|key|secret|passw|pwd|auth|sig|credential|session|code", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without credentials: no ``user:password@``, and secret-looking query values replaced.
+
+    Every URI the pipeline stores (model.json, MLflow params, the report), logs or prints goes through here;
+    the URI with its credentials is only ever handed to MLflow to connect.
+    """
+    uri = str(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    netloc = parts.netloc.rpartition("@")[2]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [k for k, _ in pairs if _SECRET_PARAM.search(k)]
+    if netloc == parts.netloc and not secret:
+        return uri
+    query = urlencode([(k, "REDACTED" if k in secret else v) for k, v in pairs], safe="/:")
+    head = f"{parts.scheme}:" if parts.scheme else ""
+    if parts.netloc or uri[len(head) :].startswith("//"):
+        head += "//"
+    tail = f"?{query}" if query else ""
+    return f"{head}{netloc}{parts.path}{tail}" + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (``to_dict(cfg)``) with the tracking URI's credentials removed, for storing or logging."""
+    mlflow_cfg = config.get("mlflow")
+    if not isinstance(mlflow_cfg, dict) or not mlflow_cfg.get("tracking_uri"):
+        return config
+    return {**config, "mlflow": {**mlflow_cfg, "tracking_uri": redact_uri(mlflow_cfg["tracking_uri"])}}
 
 
 def git_commit(cwd: str | Path = ".") -> str:
@@ -52,14 +93,45 @@ def environment_tags(device: str, threads: int) -> dict[str, str]:
     }
 
 
+def mlflow_keys(names: list[str]) -> dict[str, str]:
+    """A valid, distinct MLflow key for each name (metric names carry label names, tags carry paths).
+
+    Characters MLflow refuses in a key (``(``, ``+``, ``$``, ...) become ``_``, as does ``/`` where the key
+    would read as another path (``a//b``, ``../x``); the result is cut to MLflow's length limit, and a key
+    that two names would share gets ``_2``, ``_3``, ... Valid names are kept as they are, so the usual keys
+    (``val_dice_mean``, ``test.organ.dice.mean``) do not change.
+    """
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        key = _KEY_CHARS.sub("_", str(name))
+        norm = posixpath.normpath(key)
+        if norm != key or norm.startswith((".", "/")):
+            key = "_" + key.replace("/", "_")
+        key = key[:MAX_KEY_LENGTH]
+        base, n = key, 1
+        while key in taken:
+            n += 1
+            key = f"{base[: MAX_KEY_LENGTH - len(str(n)) - 1]}_{n}"
+        taken.add(key)
+        out[name] = key
+    return out
+
+
 class Tracker:
-    """A thin wrapper over one MLflow run."""
+    """A thin wrapper over one MLflow run.
+
+    ``uri`` is the tracking URI without credentials (safe to store, log and print); ``connection_uri``
+    is the one MLflow connects with and is never written anywhere.
+    """
 
     def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
-        self.client, self.run_id, self.uri = client, run_id, uri
+        self.client, self.run_id, self.connection_uri = client, run_id, uri
+        self.uri = redact_uri(uri)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        keys = mlflow_keys(list(params))
+        items = [Param(keys[k], str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -67,12 +139,14 @@ class Tracker:
         import time
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v]
+        keys = mlflow_keys(list(metrics))
+        items = [Metric(keys[k], float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        keys = mlflow_keys(list(tags))
+        self.client.log_batch(self.run_id, tags=[RunTag(keys[k], str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -87,13 +161,15 @@ def run(
 ) -> Iterator[Tracker]:
     """Open a new run, or reopen ``run_id`` if the tracking store has it; end it (FINISHED or FAILED) on exit."""
     uri = tracking_uri(cfg)
+    if redact_uri(uri) != uri:  # MLflow prints "View run at <host>" for HTTP stores, host credentials included
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     if run_id is not None:
         try:
             client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
-            logger.warning("run %s not found in %s: starting a new run linked to it by tag", run_id, uri)
+            logger.warning("run %s not found in %s: starting a new run linked to it by tag", run_id, redact_uri(uri))
             tags = {**(tags or {}), "train_run_id": run_id}
             run_id = None
     if run_id is None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline.config import Config, ConfigError, flatten, to_dict
 from pipeline.core import io
-from pipeline.evaluation.tracking import Tracker, environment_tags, run
+from pipeline.evaluation.tracking import Tracker, environment_tags, public_config, run
 from pipeline.inference.mlflow_model import log_model_folder
 from pipeline.inference.model_folder import save_model_folder, update_meta
 from pipeline.inference.windows import build_inferer
@@ -224,7 +224,7 @@ def _model_meta(s: Session, in_channels: int, model_kwargs: dict) -> dict:
         "slice_axis": s.setting("slice_axis"),
         "settings": s.settings,
         "inference": to_dict(t_cfg.inference),
-        "config": to_dict(s.cfg),
+        "config": public_config(to_dict(s.cfg)),
         "parameters": count_parameters(s.model),
     }
 
@@ -305,7 +305,8 @@ def finish(s: Session, tracker: Tracker, minutes: float) -> None:
     tracker.log_metrics(summary)
     tracker.log_artifact(t_cfg.log_file)
     tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model_folder")
-    log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.uri)  # loadable by mlflow.pyfunc
+    # loadable by mlflow.pyfunc
+    log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.connection_uri)
     if s.val_vols:
         logger.info("best validation Dice %.4f at epoch %d", s.best["dice"], s.best["epoch"])
     else:
@@ -315,7 +316,7 @@ def finish(s: Session, tracker: Tracker, minutes: float) -> None:
 def _start_tracking(s: Session, tracker: Tracker) -> None:
     """Log the parameters of a new run; note the run in the model folder's meta."""
     if not s.resumed:
-        params = {**flatten(to_dict(s.cfg)), "model.parameters": s.meta["parameters"]}
+        params = {**flatten(s.meta["config"]), "model.parameters": s.meta["parameters"]}
         params.update({"data.train_cases": len(s.train_vols), "data.val_cases": len(s.val_vols)})
         params.update({f"plan.{n}": f"{e['value']} ({e['source']})" for n, e in s.settings.items()})
         tracker.log_params(params)
