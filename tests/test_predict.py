@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import shutil
 from pathlib import Path
@@ -281,3 +282,31 @@ def test_predict_max_voxels_refuses_larger_scans_unread(
     finally:
         readers.set_max_voxels(None)
     assert "over the limit of 17279" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_predictions_carry_no_patient_data_from_nifti_or_nrrd_headers(model: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    secret = "Doe^Jane MRN 424242"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    img = nib.load(str(small_scan(scans / "nii.nii.gz", 7)))
+    for field in ("descrip", "aux_file", "db_name", "intent_name"):
+        img.header[field] = secret.encode()[:15]
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, secret.encode()))
+    nib.save(img, str(scans / "nii.nii.gz"))
+    itk = sitk.GetImageFromArray(np.asarray(img.dataobj).transpose(2, 1, 0).copy())
+    itk.SetSpacing((0.9, 0.9, 4.0))
+    itk.SetMetaData("PatientName", secret)
+    sitk.WriteImage(itk, str(scans / "nrrd.nrrd"))
+    assert secret.encode() in (scans / "nrrd.nrrd").read_bytes()
+
+    out = tmp_path / "out"
+    assert main(["--model", str(model), "--input", str(scans), "--output", str(out), "--probabilities"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["nii.nii.gz", "nii_probabilities.nii.gz", "nrrd.nii.gz", "nrrd_probabilities.nii.gz"]
+    for name in written:
+        mask = nib.load(str(out / name))
+        assert mask.header["descrip"].item() == b"" and len(mask.header.extensions) == 0
+        assert b"Doe" not in gzip.decompress((out / name).read_bytes())[:4096], name
+    assert_same_grid(out / "nii.nii.gz", scans / "nii.nii.gz")
