@@ -231,4 +231,4 @@ def _log_to_mlflow(
         if cfg.mlflow.registered_model and tracker.run_id == run_id:  # the run that logged the model
             tags = {k: v for k, v in summary_metrics(summary).items() if k.count(".") <= 1 or k.endswith(".mean")}
             tags |= {"test.n_cases": summary.get("n_cases"), "weights_sha256": meta.get("weights_sha256", "")}
-            register_model(tracker.uri, cfg.mlflow.registered_model, run_id, tags)
+            register_model(tracker.connection_uri, cfg.mlflow.registered_model, run_id, tags)
