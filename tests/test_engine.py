@@ -113,3 +113,36 @@ def test_epoch_loader_batches_do_not_depend_on_workers() -> None:
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     other_epoch = next(iter(epoch_loader(vols, (8, 8, 8), [0.5, 0.5], 4, 0, 2, 3, 0)))
     assert not torch.equal(runs[0][0]["image"], other_epoch["image"])
+
+
+class _Predicts(torch.nn.Module):
+    """A 'network' that outputs confident logits of a fixed label map (ignores its input)."""
+
+    def __init__(self, labels: torch.Tensor, k: int) -> None:
+        super().__init__()
+        self.labels, self.k = labels, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _logits(self.labels[None, None].expand(x.shape[0], 1, *self.labels.shape), self.k)
+
+
+@pytest.mark.parametrize("both_empty", [1.0, None])
+def test_validation_dice_is_the_evaluation_dice_with_its_empty_policy(both_empty: float | None) -> None:
+    """Class 1 overlaps partly, class 2 is in neither map, class 3 only in the reference."""
+    from monai.inferers import SimpleInferer
+
+    from pipeline.evaluation.metrics import EmptyPolicy, case_metrics
+    from pipeline.training.engine import validate
+
+    ref = torch.zeros(8, 8, 8, dtype=torch.long)
+    ref[1:5, 1:5, 1:5], ref[6, 6, 6] = 1, 3
+    pred = torch.zeros_like(ref)
+    pred[2:6, 1:5, 1:5] = 1
+    policy = EmptyPolicy(both_empty=both_empty)
+    volume = {"image": np.zeros((1, 8, 8, 8), np.float32), "label": ref[None].numpy()}
+    got = validate(_Predicts(pred, 4), [volume], SimpleInferer(), 4, torch.device("cpu"), policy=policy)
+    rows = case_metrics(pred.numpy(), ref.numpy(), (1, 1, 1), {1: "a", 2: "b", 3: "c"}, policy=policy)
+    expected = np.array([r["dice"] for r in rows])
+    np.testing.assert_allclose(got, expected)
+    assert got[0] == pytest.approx(0.75) and got[2] == 0.0
+    assert (got[1] == 1.0) if both_empty == 1.0 else np.isnan(got[1])

@@ -68,6 +68,16 @@ class EmptyPolicy:
         return math.nan if v is None else float(v)
 
 
+def dice_score(tp: int, n_pred: int, n_ref: int, policy: EmptyPolicy = EmptyPolicy()) -> float:
+    """Dice from the overlap and the two mask sizes; the ``policy`` value when either mask is empty.
+
+    The one Dice of the project: evaluation (:func:`case_metrics`) and training's validation use it.
+    """
+    if n_pred == 0 or n_ref == 0:
+        return policy.value(n_ref == 0, n_pred == 0)
+    return 2.0 * tp / (n_pred + n_ref)
+
+
 def _check_label_volume(name: str, arr: np.ndarray) -> np.ndarray:
     """Validate a label volume; integral floats (e.g. from nibabel ``get_fdata``) are accepted."""
     arr = np.asarray(arr)
@@ -157,11 +167,11 @@ def case_metrics(
         fp, fn = n_pred - tp, n_ref - tp
         ref_empty, pred_empty = n_ref == 0, n_pred == 0
 
+        dice = dice_score(tp, n_pred, n_ref, policy)
         if ref_empty or pred_empty:
-            dice = iou = nsd = policy.value(ref_empty, pred_empty)
+            iou = nsd = policy.value(ref_empty, pred_empty)
             hd95 = assd = math.nan
         else:
-            dice = 2.0 * tp / (n_pred + n_ref)
             iou = tp / (n_pred + n_ref - tp)
             hd95, assd, nsd = _surface_metrics(p, r, spacing, nsd_tolerance_mm)
 

@@ -13,6 +13,7 @@ from monai.inferers import Inferer
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.utils.data import DataLoader
 
+from pipeline.evaluation.metrics import EmptyPolicy, dice_score
 from pipeline.inference.windows import predict_probabilities
 from pipeline.sampling.augment import BatchAugment
 from pipeline.sampling.patches import PatchBatches
@@ -151,14 +152,14 @@ def train_epoch(
     return float(sums[0] / max(sums[1], 1))
 
 
-def dice_per_class(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Dice of each foreground class between two label maps; NaN where both are empty."""
-    out = np.full(num_classes - 1, np.nan)
+def dice_per_class(
+    pred: torch.Tensor, ref: torch.Tensor, num_classes: int, policy: EmptyPolicy = EmptyPolicy()
+) -> np.ndarray:
+    """Dice of each foreground class between two label maps, as evaluation scores it (:func:`dice_score`)."""
+    out = np.empty(num_classes - 1)
     for k in range(1, num_classes):
         p, r = pred == k, ref == k
-        denom = int(p.sum() + r.sum())
-        if denom:
-            out[k - 1] = 2.0 * int((p & r).sum()) / denom
+        out[k - 1] = dice_score(int((p & r).sum()), int(p.sum()), int(r.sum()), policy)
     return out
 
 
@@ -171,10 +172,12 @@ def validate(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
+    policy: EmptyPolicy = EmptyPolicy(),
 ) -> np.ndarray:
     """Mean Dice per foreground class over whole validation volumes (in preprocessed space).
 
-    Under DDP each rank scores its share of the volumes and the sums are reduced across ranks.
+    Empty masks are scored by ``policy`` (evaluation's ``evaluate.empty_policy``); a NaN score (policy None)
+    is left out of the mean. Under DDP each rank scores its share of the volumes and the sums are reduced.
     """
     model.eval()
     sums = torch.zeros(2, num_classes - 1, dtype=torch.float64)
@@ -182,7 +185,7 @@ def validate(
         image = torch.as_tensor(np.asarray(vol["image"]))[None].to(device)
         probs = predict_probabilities(model, image, inferer)
         pred = torch.argmax(probs, dim=1)[0].cpu()
-        dice = dice_per_class(pred, torch.as_tensor(np.asarray(vol["label"]))[0], num_classes)
+        dice = dice_per_class(pred, torch.as_tensor(np.asarray(vol["label"]))[0], num_classes, policy)
         valid = ~np.isnan(dice)
         sums[0, valid] += torch.as_tensor(dice[valid])
         sums[1, valid] += 1

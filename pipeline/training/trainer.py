@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.config import Config, ConfigError, flatten, to_dict
 from pipeline.core import io
+from pipeline.evaluation.evaluator import empty_policy
 from pipeline.evaluation.tracking import Tracker, environment_tags, public_config, run
 from pipeline.inference.mlflow_model import log_model_folder
 from pipeline.inference.model_folder import save_model_folder, update_meta
@@ -206,6 +207,7 @@ def _training_parts(s: Session, flip_dims: tuple[int, ...] | None) -> dict:
         "patch_slice_axis": axis if dims == 2 else None,
         "augment": BatchAugment(dims, anisotropic, flip_dims=flip_dims) if t_cfg.augment else None,
         "loss": make_loss(t_cfg.loss.dice_include_background, t_cfg.loss.batch_dice, levels),
+        "policy": empty_policy(s.cfg.evaluate),  # validation scores empty masks as evaluation does
         "inferer": build_inferer(dims, s.setting("patch_size"), axis, inf.overlap, inf.sw_batch_size, inf.blend),
     }
 
@@ -253,7 +255,9 @@ def run_epoch(s: Session, epoch: int, progress: float) -> dict:
     )
     row = {"epoch": epoch, "train_loss": loss, "lr": lr}
     if s.val_vols and (epoch % t_cfg.val_every == 0 or epoch == epochs - 1):
-        dice = validate(s.model, s.val_vols, parts["inferer"], s.num_classes, s.device, s.rank, s.world)
+        dice = validate(
+            s.model, s.val_vols, parts["inferer"], s.num_classes, s.device, s.rank, s.world, parts["policy"]
+        )
         names = [s.plan.labels[i] for i in range(1, s.num_classes)]
         row.update({f"val_dice_{n}": float(d) for n, d in zip(names, dice, strict=True)})
         row["val_dice_mean"] = float(np.nanmean(dice))
