@@ -17,6 +17,7 @@ from pipeline.core.dataset import read_dataset
 from pipeline.preprocessing.fingerprint import fingerprint_dataset, intensity_statistics
 from pipeline.preprocessing.plan import Plan
 from pipeline.preprocessing.planner import (
+    is_anisotropic,
     make_plan,
     plan_spacing,
 )
@@ -68,6 +69,16 @@ def test_spacing_rule_median_and_anisotropic_slow_axis() -> None:
     # the slow axis is never made finer than the in-plane axes
     target, _ = plan_spacing(fingerprints_of([(0.5, 0.5, 4.0), (0.5, 0.5, 4.0), (0.5, 0.5, 0.3)]), percentile=0)
     assert target[2] == 0.5
+
+
+def test_one_anisotropy_rule_for_the_planner_and_training() -> None:
+    """The planner's slow axis and training's in-plane-only augmentation follow the same rule and threshold."""
+    assert is_anisotropic((1, 1, 3.01), 3.0) and not is_anisotropic((1, 1, 3.0), 3.0)
+    assert is_anisotropic((0.5, 2.0, 1.0), 3.0) and not is_anisotropic((0.5, 2.0, 1.0), 4.0)
+    spacings = [(0.8, 0.8, 2.5)] * 3
+    for threshold in (2.0, 3.0, 3.2):
+        _, slow = plan_spacing(fingerprints_of(spacings), anisotropy_threshold=threshold)
+        assert (slow is not None) == is_anisotropic(spacings[0], threshold)
 
 
 @pytest.mark.skipif(not LESIONS.is_dir(), reason="shared lesion data not available")
@@ -146,6 +157,7 @@ def test_config_overrides_and_plan_round_trip(tmp_path: Path) -> None:
     assert plan.target_spacing == (1.0, 1.0, 2.0) and plan.settings["target_spacing"]["source"] == "overridden"
     assert plan.setting("patch_size") == [32, 32, 8] and plan.setting("depth") == 2
     assert plan.slow_axis == 2  # the data are anisotropic (4:1), whatever the target
+    assert plan.fingerprint["anisotropy_threshold"] == cfg.anisotropy_threshold
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan and again.volume_hash() == plan.volume_hash()
     # a plan written before the new fields existed still loads, with the old behaviour

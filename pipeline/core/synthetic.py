@@ -22,7 +22,7 @@ pipeline uses when the user supplies no data:
   float32; labels are uint8. sform and qform (code 1) are identical on image and
   label.
 
-All files are written atomically (temp file in the same folder + ``os.replace``), and
+All files are written atomically (:func:`pipeline.core.io.write_bytes`), and
 the gzip streams carry no timestamp, so the same seed gives byte-identical files.
 """
 

@@ -7,7 +7,6 @@ import os
 import platform
 import posixpath
 import re
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import MlflowConfig
+from pipeline.evaluation.lineage import git_info
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +68,8 @@ def public_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "mlflow": {**mlflow_cfg, "tracking_uri": redact_uri(mlflow_cfg["tracking_uri"])}}
 
 
-def git_commit(cwd: str | Path = ".") -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def environment_tags(device: str, threads: int) -> dict[str, str]:
-    """Versions, device and threads, for reproducing a run."""
+    """Versions, device, threads and the git commit (:func:`~pipeline.evaluation.lineage.git_info`)."""
     import monai
     import torch
 
@@ -89,7 +81,7 @@ def environment_tags(device: str, threads: int) -> dict[str, str]:
         "env.platform": platform.platform(),
         "env.device": device,
         "env.threads": str(threads),
-        "git.commit": git_commit(),
+        **git_info(),
     }
 
 

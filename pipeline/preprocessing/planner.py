@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 
 
+def is_anisotropic(spacing: Sequence[float], threshold: float) -> bool:
+    """The one anisotropy rule: the coarsest axis is more than ``threshold`` times the finest."""
+    return float(np.max(spacing)) > threshold * float(np.min(spacing))
+
+
 def plan_spacing(
     fingerprints: pd.DataFrame, anisotropy_threshold: float = 3.0, percentile: float = 10.0
 ) -> tuple[tuple[float, float, float], int | None]:
@@ -49,7 +54,7 @@ def plan_spacing(
     target = np.median(spacings, axis=0)
     slow = int(np.argmax(target))
     others = [i for i in range(3) if i != slow]
-    if target[slow] <= anisotropy_threshold * target[others].min():
+    if not is_anisotropic(target, anisotropy_threshold):
         return _rounded(target), None
     target[slow] = max(float(np.percentile(spacings[:, slow], percentile)), float(target[others].max()))
     return _rounded(target), slow
@@ -152,6 +157,7 @@ def make_plan(
         "anisotropic": slow is not None,
         "slow_axis": slow,
         "single_axis": single,
+        "anisotropy_threshold": cfg.anisotropy_threshold,
         "median_preprocessed_shape": [round(v, 2) for v in median],
         "dataset_voxels": float(np.sum(voxels)),
         "memory_budget_gb": cfg.memory_budget_gb,
