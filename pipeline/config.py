@@ -91,7 +91,7 @@ class SplitConfig:
     """
 
     file: str = "data/splits.json"  # written once, reused while cases, groups and these settings match
-    test_fraction: float = 0.2
+    test_fraction: float = 0.25
     folds: int = 5
     seed: int = 0
 
@@ -138,7 +138,7 @@ class InferenceConfig:
     """Sliding-window (3D) or slice-wise (2D) inference settings."""
 
     overlap: float = 0.5
-    sw_batch_size: int = 8
+    sw_batch_size: int = 16
     blend: Literal["gaussian", "constant"] = "gaussian"
     mirror_tta: bool = False
     mirror_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) mirrored at test time; None: all
@@ -163,7 +163,7 @@ class TrainConfig:
     iters_per_epoch: int | None = None  # None: planned
     batch_size: int | None = None  # None: planned
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-5
     augment: bool = True
     flip_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) flipped in augmentation; None: all
@@ -171,7 +171,7 @@ class TrainConfig:
     num_workers: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores
     channels_last: bool = False  # channels-last memory format for the network and its batches (often faster)
-    val_every: int = 1
+    val_every: int = 2
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 

@@ -19,6 +19,41 @@ def test_hippocampus_recipe_loads_and_only_overrides() -> None:
     assert cfg.train.epochs == 94 and cfg.sample.patch_size is None and cfg.train.batch_size is None
 
 
+#: keys the default study sets apart from config.py's defaults, and why
+STUDY_SETTINGS: dict[str, str] = {}
+
+
+def test_params_file_and_config_defaults_agree() -> None:
+    """config.py is the one home of defaults: configs/params.yaml repeats them (every key, same value)."""
+    import yaml
+
+    params = flatten(yaml.safe_load((ROOT / "configs" / "params.yaml").read_text()))
+    defaults = flatten(to_dict(Config()))
+    assert sorted(params) == sorted(defaults), "params.yaml and config.py list different keys"
+    differ = {k: (params[k], defaults[k]) for k in defaults if params[k] != defaults[k] and k not in STUDY_SETTINGS}
+    assert not differ, f"params.yaml differs from config.py defaults (value in params.yaml, in config.py): {differ}"
+    assert all(params[k] != defaults[k] for k in STUDY_SETTINGS), "a listed study setting equals the default"
+
+
+def test_predictor_takes_its_inference_defaults_from_config() -> None:
+    import torch
+    from conftest import plan_dict
+
+    from pipeline.config import InferenceConfig
+    from pipeline.inference.predictor import Predictor
+
+    meta = {
+        "spatial_dims": 3,
+        "num_classes": 2,
+        "plan": plan_dict((1, 1, 1), {0: "bg", 1: "fg"}),
+        "patch_size": [8, 8, 8],
+    }
+    predictor = Predictor(model=torch.nn.Conv3d(1, 2, 1), meta=meta, device="cpu")
+    defaults = InferenceConfig()
+    assert predictor.inferer.sw_batch_size == defaults.sw_batch_size and predictor.inferer.overlap == defaults.overlap
+    assert predictor.half_precision_voxels == defaults.half_precision_voxels and predictor.mirror == []
+
+
 def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
     p = tmp_path / "p.yaml"
     p.write_text("train:\n  epocs: 3\n")

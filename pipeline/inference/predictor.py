@@ -30,6 +30,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged
 
+from pipeline.config import InferenceConfig, SampleConfig, to_dict
 from pipeline.core import io
 from pipeline.core.dataset import Case
 from pipeline.core.geometry import native_mapping, resample_to_native
@@ -45,8 +46,6 @@ from pipeline.sampling.augment import window_dims
 
 logger = logging.getLogger(__name__)
 
-#: preprocessed voxels above which the volume and the blended output are held in float16
-DEFAULT_HALF_PRECISION_VOXELS = 32_000_000
 
 
 class UnreadableScanError(ValueError):
@@ -137,26 +136,26 @@ class Predictor:
         self.plan = Plan.from_dict(self.meta["plan"])
         self.labels = {int(k): v for k, v in self.meta.get("labels", self.meta["plan"]["labels"]).items()}
         self.num_classes = int(self.meta["num_classes"])
-        inf = self.meta.get("inference", {})
+        inf = {**to_dict(InferenceConfig()), **self.meta.get("inference", {})}  # config.py holds the defaults
         self.spatial_dims = int(self.meta["spatial_dims"])
-        slice_axis = int(self.meta.get("slice_axis", 2))
+        slice_axis = int(self.meta.get("slice_axis", SampleConfig.slice_axis))
         self.inferer = build_inferer(
             self.spatial_dims,
             self.meta["patch_size"],
             slice_axis,
-            inf.get("overlap", 0.5),
-            inf.get("sw_batch_size", 8),
-            inf.get("blend", "gaussian"),
+            inf["overlap"],
+            inf["sw_batch_size"],
+            inf["blend"],
             sw_device=self.device,
             device="cpu",
         )
-        use_tta = inf.get("mirror_tta", False) if mirror_tta is None else mirror_tta
-        dims = window_dims(inf.get("mirror_axes"), self.spatial_dims, slice_axis, "inference.mirror_axes")
+        use_tta = inf["mirror_tta"] if mirror_tta is None else mirror_tta
+        dims = window_dims(inf["mirror_axes"], self.spatial_dims, slice_axis, "inference.mirror_axes")
         self.mirror = mirror_axes(self.spatial_dims, dims) if use_tta else []
         self.window = WindowPredictor(self.model, self.mirror)
-        self.keep_largest = inf.get("keep_largest_component", False) if keep_largest is None else keep_largest
+        self.keep_largest = inf["keep_largest_component"] if keep_largest is None else keep_largest
         self.half_precision = half_precision
-        self.half_precision_voxels = inf.get("half_precision_voxels", DEFAULT_HALF_PRECISION_VOXELS)
+        self.half_precision_voxels = inf["half_precision_voxels"]
         self.chain = preprocessing(with_label=False, **self.plan.transform_kwargs())
         first = self.chain.transforms[0]
         if not isinstance(first, LoadImaged):  # pragma: no cover - guards a change in transforms.py

@@ -13,6 +13,8 @@ from itertools import combinations
 import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 
+from pipeline.config import InferenceConfig
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -22,9 +24,9 @@ def build_inferer(
     spatial_dims: int,
     patch_size: Sequence[int],
     slice_axis: int = 2,
-    overlap: float = 0.5,
-    sw_batch_size: int = 8,
-    blend: str = "gaussian",
+    overlap: float = InferenceConfig.overlap,
+    sw_batch_size: int = InferenceConfig.sw_batch_size,
+    blend: str = InferenceConfig.blend,
     sw_device: str | torch.device | None = None,
     device: str | torch.device | None = None,
 ) -> Inferer:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.config import InferenceConfig
 from pipeline.core import dicom, io
 from pipeline.core.dataset import Case
 from pipeline.core.readers import DEFAULT_MAX_VOXELS, SUPPORTED_SUFFIXES, is_image_file, set_max_voxels, strip_suffix
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         set_max_voxels(args.max_voxels)
         predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
         inf = predictor.meta.get("inference", {})
-        with_probs = inf.get("save_probabilities", False) if args.probabilities is None else args.probabilities
+        with_probs = inf.get("save_probabilities", InferenceConfig.save_probabilities)
+        if args.probabilities is not None:
+            with_probs = args.probabilities
         cases = find_cases(args.input, int(predictor.meta["in_channels"]))
         check_outputs(cases, args.output, with_probs)
         if args.output_format == "dicom-seg":
