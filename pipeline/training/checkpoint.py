@@ -22,8 +22,9 @@ CHECKPOINT = "last.pt"
 
 
 def config_hash(cfg: Config, settings: dict | None = None) -> str:
-    """What a checkpoint must match to be resumed: the sample and train blocks and the plan's settings."""
+    """What a checkpoint must match to be resumed: sample and train blocks, the plan's settings, the empty policy."""
     relevant = {"sample": to_dict(cfg.sample), "train": to_dict(cfg.train), "settings": settings or {}}
+    relevant["empty_policy"] = to_dict(cfg.evaluate.empty_policy)  # validation scores empty masks by it
     for key in ("threads", "num_workers", "cache_gb"):  # do not change results
         relevant["train"].pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
