@@ -10,16 +10,12 @@ from torch import nn
 
 from pipeline.networks.unet_parts import (
     ALLOWED_ACTS,
-    ALLOWED_NORMS,
-    ALLOWED_SPATIAL_DIMS,
-    ALLOWED_UPSAMPLE,
     DoubleConv,
     Down,
     OutConv,
     Up,
     check_choice,
-    check_dropout,
-    check_positive_int,
+    check_network_options,
     pad_or_crop_to,
 )
 
@@ -48,15 +44,8 @@ class ClassicUNet(nn.Module):
         act: str = "leakyrelu",
     ) -> None:
         super().__init__()
-        check_choice("spatial_dims", spatial_dims, ALLOWED_SPATIAL_DIMS)
-        check_choice("upsample", upsample, ALLOWED_UPSAMPLE)
-        check_choice("norm", norm, ALLOWED_NORMS)
+        check_network_options(spatial_dims, in_channels, out_channels, base_width, depth, upsample, norm, dropout)
         check_choice("act", act, ALLOWED_ACTS)
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("out_channels", out_channels)
-        check_positive_int("base_width", base_width)
-        check_positive_int("depth", depth)
-        check_dropout(dropout)
 
         self.spatial_dims = spatial_dims
         self.depth = depth

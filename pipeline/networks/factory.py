@@ -15,11 +15,8 @@ from pipeline.networks.classic_unet import ClassicUNet
 from pipeline.networks.unet_parts import (
     ALLOWED_ACTS,
     ALLOWED_NORMS,
-    ALLOWED_SPATIAL_DIMS,
-    ALLOWED_UPSAMPLE,
     check_choice,
-    check_dropout,
-    check_positive_int,
+    check_network_options,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,14 +140,9 @@ ALLOWED_MODELS: tuple[str, ...] = tuple(BUILDERS)
 def _check_options(name: str, spatial_dims: int, in_channels: int, out_channels: int, o: dict) -> None:
     """Raise ``ValueError`` for an unknown name or option value, or an option the network cannot take."""
     check_choice("model name", name, ALLOWED_MODELS)
-    check_choice("spatial_dims", spatial_dims, ALLOWED_SPATIAL_DIMS)
-    check_choice("upsample", o["upsample"], ALLOWED_UPSAMPLE)
-    check_choice("norm", o["norm"], ALLOWED_NORMS)
-    check_positive_int("in_channels", in_channels)
-    check_positive_int("out_channels", out_channels)
-    check_positive_int("base_width", o["base_width"])
-    check_positive_int("depth", o["depth"])
-    check_dropout(o["dropout"])
+    check_network_options(
+        spatial_dims, in_channels, out_channels, o["base_width"], o["depth"], o["upsample"], o["norm"], o["dropout"]
+    )
     if o["full_resolution_width"] < 0:
         raise ValueError(f"full_resolution_width must be >= 0, got {o['full_resolution_width']}")
     if o["activation"] is not None:

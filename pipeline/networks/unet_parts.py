@@ -43,6 +43,21 @@ def check_dropout(dropout: float) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
+def check_network_options(
+    spatial_dims: int, in_channels: int, out_channels: int, base_width: int, depth: int, upsample: str, norm: str,
+    dropout: float,
+) -> None:  # fmt: skip
+    """Checks of the options every network shares (the classic U-Net and the factory)."""
+    check_choice("spatial_dims", spatial_dims, ALLOWED_SPATIAL_DIMS)
+    check_choice("upsample", upsample, ALLOWED_UPSAMPLE)
+    check_choice("norm", norm, ALLOWED_NORMS)
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    check_positive_int("base_width", base_width)
+    check_positive_int("depth", depth)
+    check_dropout(dropout)
+
+
 def conv_cls(spatial_dims: int) -> type[nn.Module]:
     check_choice("spatial_dims", spatial_dims, ALLOWED_SPATIAL_DIMS)
     return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
