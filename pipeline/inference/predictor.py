@@ -30,7 +30,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged
 
-from pipeline.config import InferenceConfig, SampleConfig, to_dict
+from pipeline.config import InferenceConfig, to_dict
 from pipeline.core import io
 from pipeline.core.dataset import Case
 from pipeline.core.geometry import native_mapping, resample_to_native
@@ -138,7 +138,7 @@ class Predictor:
         self.num_classes = int(self.meta["num_classes"])
         inf = {**to_dict(InferenceConfig()), **self.meta.get("inference", {})}  # config.py holds the defaults
         self.spatial_dims = int(self.meta["spatial_dims"])
-        slice_axis = int(self.meta.get("slice_axis", SampleConfig.slice_axis))
+        slice_axis = int(self.meta.get("slice_axis", 2))  # model folders always record it; 2 = axial
         self.inferer = build_inferer(
             self.spatial_dims,
             self.meta["patch_size"],
