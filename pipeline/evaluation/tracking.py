@@ -190,7 +190,8 @@ def register_model(
     re-evaluating one training run does not multiply versions. None when the run logged no such model.
     """
     client = MlflowClient(uri)
-    tags = {k: str(v) for k, v in tags.items()}
+    keys = mlflow_keys(list(tags))  # tag keys carry label names: the same rules as metric keys
+    tags = {keys[k]: str(v) for k, v in tags.items()}
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         version = max(existing, key=lambda v: int(v.version))
