@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -349,3 +351,13 @@ def stage_args(description: str, argv: list[str] | None = None) -> tuple[argpars
 
     set_max_voxels(cfg.data.max_voxels)
     return args, cfg
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a stage's ``main``; a :class:`ConfigError` (params file or setting) is one line on stderr, exit 2."""
+    try:
+        code = main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -111,3 +111,18 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(bad)
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "sample", "train"])
+def test_a_stage_given_a_bad_setting_prints_one_line_and_no_traceback(tmp_path: Path, stage: str) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "params.yaml"
+    config.write_text("train:\n  epochz: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", f"pipeline.stages.{stage}", "--config", str(config)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {config}: unknown key(s) in 'train': epochz")

@@ -62,6 +62,17 @@ def test_bad_fold_and_folds() -> None:
         make_splits(IDS, 0.2, 1, 0)
 
 
+def test_a_small_dataset_gets_as_many_folds_as_it_has_groups(tmp_path: Path) -> None:
+    """Four cases (BraTS examples) with the default 5 folds: 3 non-test cases make 3 folds, not a crash."""
+    ids = ["a", "b", "c", "d"]
+    s = load_or_make_splits(tmp_path / "splits.json", ids, 0.25, 5, 0)
+    assert len(s["test"]) == 1 and len(s["folds"]) == 3 and all(len(f) == 1 for f in s["folds"])
+    assert s["folds_requested"] == 5
+    assert load_or_make_splits(tmp_path / "splits.json", ids, 0.25, 5, 0) == s  # reused, not rewritten
+    with pytest.raises(ValueError, match="at least 2"):
+        make_splits(["a", "b"], 0.5, 5, 0)
+
+
 def test_sample_stage_rejects_a_bad_fold_before_writing(tmp_path: Path) -> None:
     from pipeline.config import ConfigError
     from pipeline.stages import sample

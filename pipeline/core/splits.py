@@ -62,8 +62,12 @@ def make_splits(
     test: list[str] = []
     while order and len(test) < n_test:
         test += members[order.pop(0)]
-    if len(order) < folds:
-        raise ValueError(f"{len(order)} non-test case groups cannot make {folds} folds")
+    requested = folds
+    if len(order) < 2:
+        raise ValueError(f"{len(order)} non-test case group(s) cannot make cross-validation folds (at least 2 needed)")
+    if len(order) < folds:  # a small dataset (e.g. 4 cases): as many folds as there are groups, said aloud
+        logger.warning("only %d non-test case groups: %d folds instead of %d", len(order), len(order), folds)
+        folds = len(order)
     fold_lists: list[list[str]] = [[] for _ in range(folds)]
     for name in sorted(order, key=lambda g: -len(members[g])):  # stable: ties keep the random order
         fold_lists[min(range(folds), key=lambda k: len(fold_lists[k]))] += members[name]
@@ -72,6 +76,7 @@ def make_splits(
         "seed": seed,
         "test_fraction": test_fraction,
         "folds": [sorted(f) for f in fold_lists],
+        "folds_requested": requested,
         "test": sorted(test),
         "cases_sha": _case_hash(ids, groups),
     }
@@ -98,7 +103,7 @@ def load_or_make_splits(
             and old.get("cases_sha") == _case_hash(case_ids, clean)
             and old.get("seed") == seed
             and old.get("test_fraction") == test_fraction
-            and len(old.get("folds", [])) == folds
+            and old.get("folds_requested", len(old.get("folds", []))) == folds
         )
         if same:
             logger.info("reusing split file %s", path)
@@ -110,7 +115,7 @@ def load_or_make_splits(
         "split %d cases: %d test, %d folds of %s",
         len(case_ids),
         len(splits["test"]),
-        folds,
+        len(splits["folds"]),
         "/".join(str(len(f)) for f in splits["folds"]),
     )
     return splits

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 
-from pipeline.config import stage_args
+from pipeline.config import run_main, stage_args
 from pipeline.core.dicom import set_series_rule
 from pipeline.evaluation.evaluator import evaluate
 
@@ -19,4 +18,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 
-from pipeline.config import ConfigError, stage_args
+from pipeline.config import ConfigError, run_main, stage_args
 from pipeline.core.dataset import read_dataset
 from pipeline.core.dicom import set_series_rule
 from pipeline.core.labels import resolve_labels
@@ -58,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, stage_args
+from pipeline.config import ConfigError, run_main, stage_args
 from pipeline.core.splits import check_fold, fold_assignment, read_splits
 from pipeline.preprocessing.preprocessor import load_plan
 from pipeline.preprocessing.settings import resolve, values
@@ -31,4 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

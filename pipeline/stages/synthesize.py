@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 
-from pipeline.config import stage_args
+from pipeline.config import run_main, stage_args
 from pipeline.core.synthetic import make_synthetic_dataset
 
 
@@ -18,4 +17,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -7,9 +7,8 @@ Single process as above; data-parallel: ``torchrun --nproc_per_node N -m pipelin
 from __future__ import annotations
 
 import logging
-import sys
 
-from pipeline.config import ConfigError, stage_args
+from pipeline.config import ConfigError, run_main, stage_args
 from pipeline.training.distributed import shutdown
 from pipeline.training.trainer import train
 
@@ -27,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
