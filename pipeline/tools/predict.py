@@ -33,7 +33,13 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, io
 from pipeline.core.dataset import Case
-from pipeline.core.readers import DEFAULT_MAX_VOXELS, SUPPORTED_SUFFIXES, is_image_file, set_max_voxels, strip_suffix
+from pipeline.core.readers import (
+    SUPPORTED_SUFFIXES,
+    add_max_voxels_argument,
+    is_image_file,
+    set_max_voxels,
+    strip_suffix,
+)
 from pipeline.inference.dicom_seg import CodeMapError, load_code_map, write_seg
 from pipeline.inference.masks import mask_name, save_mask
 from pipeline.inference.model_folder import ModelFolderError
@@ -154,12 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--label-codes", type=Path, default=None, help="dicom-seg: JSON/YAML map class name or index -> codes"
     )
-    parser.add_argument(
-        "--max-voxels",
-        type=int,
-        default=DEFAULT_MAX_VOXELS,
-        help="largest voxel count a scan file may declare; larger scans are refused unread (default: %(default)s)",
-    )
+    add_max_voxels_argument(parser)
     dicom.add_rule_arguments(parser)
     return parser.parse_args(argv)
 

@@ -12,7 +12,7 @@ import sys
 from pipeline.core import dicom
 from pipeline.core.dataset import DATASET_ROW, Problem, read_dataset
 from pipeline.core.labels import INFERRED, resolve_labels
-from pipeline.core.readers import DEFAULT_MAX_VOXELS, set_max_voxels
+from pipeline.core.readers import add_max_voxels_argument, set_max_voxels
 from pipeline.core.validation import format_problems, summary_line, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -36,12 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--manifest", default=None, help="CSV manifest (layout csv; default <root>/manifest.csv)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
-    parser.add_argument(
-        "--max-voxels",
-        type=int,
-        default=DEFAULT_MAX_VOXELS,
-        help="largest voxel count a file may declare (default: %(default)s, config data.max_voxels)",
-    )
+    add_max_voxels_argument(parser)
     dicom.add_rule_arguments(parser)
     args = parser.parse_args(argv)
     try:

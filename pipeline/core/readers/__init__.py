@@ -32,10 +32,18 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.readers import itk, nifti
-from pipeline.core.readers.base import DEFAULT_MAX_VOXELS, Header, ReadError, max_voxels, set_max_voxels
+from pipeline.core.readers.base import (
+    DEFAULT_MAX_VOXELS,
+    Header,
+    ReadError,
+    add_max_voxels_argument,
+    max_voxels,
+    set_max_voxels,
+)
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
+    "add_max_voxels_argument",
     "IMAGE2D_SUFFIXES",
     "SUPPORTED_SUFFIXES",
     "Backend",

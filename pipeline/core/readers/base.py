@@ -3,6 +3,7 @@ bounded helpers (streaming gzip, paths a header may name)."""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import zlib
@@ -55,6 +56,17 @@ def set_max_voxels(n: int | None) -> None:
     if n is not None and int(n) < 1:
         raise ValueError(f"max_voxels must be positive, got {n}")
     _limits["max_voxels"] = DEFAULT_MAX_VOXELS if n is None else int(n)
+
+
+def add_max_voxels_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--max-voxels`` option of the user tools (pass its value to :func:`set_max_voxels`)."""
+    parser.add_argument(
+        "--max-voxels",
+        type=int,
+        default=DEFAULT_MAX_VOXELS,
+        help="largest voxel count a scan file may declare; larger files are refused unread "
+        "(default: %(default)s, config data.max_voxels)",
+    )
 
 
 def check_declared(shape: Sequence[int], itemsize: int, limit: int | None = None) -> int:
