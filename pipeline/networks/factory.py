@@ -162,6 +162,7 @@ def _check_options(name: str, spatial_dims: int, in_channels: int, out_channels:
         logger.warning("%s always uses transposed convolutions; ignoring upsample=%r", name, o["upsample"])
 
 
+# Long for its docstring (every option of every network, ~55 lines); the body is ~25 lines of plain steps.
 def build_model(
     name: str,
     spatial_dims: int,
