@@ -122,7 +122,7 @@ class ModelConfig:
     upsample: Literal["transpose", "bilinear"] = "transpose"
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
-    full_resolution_width: int = 0  # monai_unet: feature maps of an extra full-resolution level (0: none)
+    full_resolution_width: int | None = None  # monai_unet: maps of an extra full-resolution level (0: none; planned)
     activation: Literal["leakyrelu", "relu", "prelu"] | None = None  # None: the network's own default
     deep_supervision: bool = False  # dynunet: loss also on each lower decoder level's output (nnU-Net's)
 

@@ -160,6 +160,7 @@ def make_plan(
         "anisotropy_threshold": cfg.anisotropy_threshold,
         "median_preprocessed_shape": [round(v, 2) for v in median],
         "dataset_voxels": float(np.sum(voxels)),
+        "thickness_mm": _median_thickness(fingerprints),
         "memory_budget_gb": cfg.memory_budget_gb,
         "intensity": stats,
     }
@@ -196,6 +197,13 @@ def make_plan(
     )
     logger.info("plan: %s", {k: v["value"] for k, v in settings.items() if k in ("dims", "patch_size", "epochs")})
     return plan
+
+
+def _median_thickness(fingerprints: pd.DataFrame) -> float | None:
+    """Median over cases of the thinnest foreground structure's thickness (mm), None without foreground."""
+    if "thickness_mm" not in fingerprints or fingerprints["thickness_mm"].isna().all():
+        return None
+    return round(float(np.nanmedian(fingerprints["thickness_mm"].to_numpy(float))), 4)
 
 
 def _spacing_reason(slow: int | None, single: int | None, cfg: PreprocessConfig) -> str:

@@ -15,6 +15,8 @@ slice_axis         ``sample.slice_axis``           the one-slice axis, else the 
 patch_size         ``sample.patch_size``           median shape shrunk to the memory budget
 batch_size         ``train.batch_size``            :func:`~pipeline.preprocessing.topology.plan_batch`
 depth              ``train.model.depth``           pooling steps of the planned topology
+full_resolution    ``train.model.                  ``base_width // 2`` for ``monai_unet`` when the thinnest
+                   full_resolution_width``         structure is under ``THIN_VOXELS`` (8) voxels, else 0
 strides, kernels   (follow patch and depth)        :func:`~pipeline.preprocessing.topology.plan_topology`
 foreground_ratio   ``sample.foreground_ratio``     0.5
 iters_per_epoch    ``train.iters_per_epoch``       one pass over the cases, 25-250 batches
@@ -105,15 +107,17 @@ def plan_settings(summary: Mapping[str, Any], spacing: Sequence[float], cfg: Con
 def _network(summary: Mapping[str, Any], spacing: list[float], axes: list[int], dims: int, cfg: Config) -> dict:
     """Patch, batch, depth, strides and kernel sizes."""
     s, t, budget, base = cfg.sample, cfg.train, cfg.preprocess.memory_budget_gb, cfg.train.model.base_width
-    out: dict[str, dict] = {}
+    out = {"full_resolution_width": _full_resolution(summary.get("thickness_mm"), spacing, cfg)}
+    full = out["full_resolution_width"]["value"]
     if s.patch_size is not None:
         if len(s.patch_size) != dims:
             raise ConfigError(f"sample.patch_size {list(s.patch_size)}: {dims}D needs {dims} values")
         patch, planned = list(s.patch_size), topo.plan_topology(s.patch_size, spacing)
+        planned["full_resolution_width"] = full
         out["patch_size"] = _entry(patch, patch, "")
     else:
         shape = [summary["median_preprocessed_shape"][a] for a in axes]
-        patch, planned, gb = topo.fit_patch(shape, spacing, budget, base, max(topo.MIN_BATCH, t.batch_size or 0))
+        patch, planned, gb = topo.fit_patch(shape, spacing, budget, base, max(topo.MIN_BATCH, t.batch_size or 0), full)
         reason = f"median shape {[round(v) for v in shape]} within {budget:g} GB ({gb:.2f} GB)"
         out["patch_size"] = _entry(patch, None, reason)
     batch = topo.plan_batch(patch, planned, budget, base, summary["dataset_voxels"], dims)
@@ -127,6 +131,20 @@ def _network(summary: Mapping[str, Any], spacing: list[float], axes: list[int], 
     return out
 
 
+def _full_resolution(thickness_mm: float | None, spacing: list[float], cfg: Config) -> dict:
+    """A full-resolution level for ``monai_unet`` when the thinnest structure is a few voxels thick."""
+    model = cfg.train.model
+    if model.name != "monai_unet":
+        return _entry(0, model.full_resolution_width, f"{model.name} keeps its own full-resolution level")
+    if thickness_mm is None:
+        return _entry(0, model.full_resolution_width, "no foreground to measure")
+    voxels = thickness_mm / min(spacing)
+    thin = voxels < topo.THIN_VOXELS
+    reason = f"thinnest structure {voxels:.1f} voxels thick ({'<' if thin else '>='} {topo.THIN_VOXELS:g})"
+    reason += ": decode at full resolution" if thin else ": half-resolution decoding suffices"
+    return _entry(model.base_width // 2 if thin else 0, model.full_resolution_width, reason)
+
+
 def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) -> dict:
     """Foreground oversampling, iterations per epoch and epochs."""
     s, t = cfg.sample, cfg.train
@@ -136,6 +154,7 @@ def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) 
     out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})")
     network = {"strides": net["strides"]["value"], "kernel_sizes": net["kernel_sizes"]["value"]}
     network["depth"] = len(network["strides"])
+    network["full_resolution_width"] = net["full_resolution_width"]["value"]
     patch = net["patch_size"]["value"]
     per_epoch = topo.seconds_per_epoch(network, patch, batch, out["iters_per_epoch"]["value"], t.model.base_width)
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(t.target_minutes * 60 / per_epoch)))

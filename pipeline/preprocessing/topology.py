@@ -14,6 +14,9 @@ networks whose strides and kernels are set per level and axis:
   pooling step; every axis is a multiple of ``2 ** pools`` along it.
 * **batch** (:func:`plan_batch`): the preferred CPU batch (``PREFERRED_BATCH``) when memory allows,
   never above 5% of the dataset's voxels per batch (nnU-Net's cap) and never below ``MIN_BATCH``.
+* **full-resolution level**: MONAI's UNet strides its first convolution, so it decodes from half
+  resolution; for structures under ``THIN_VOXELS`` thick the plan adds a level of ``base_width // 2``
+  feature maps at full resolution (``topology["full_resolution_width"]``, counted in memory and cost).
 * **cost** (:func:`seconds_per_epoch`): a fixed, clock-free cost model (multiply-adds of the
   convolutions plus a per-iteration overhead), so the epoch count planned for a time target is the same
   on every machine.
@@ -33,10 +36,13 @@ TENSORS_PER_LEVEL = 6  # per block: conv output, norm output, activation, for ea
 MIN_BATCH = 2
 PREFERRED_BATCH = {2: 16, 3: 4}  # CPU batches (hippocampus 3D recipe: 4; synthetic 2D default: 16)
 MAX_BATCH_FRACTION = 0.05  # one batch holds at most this share of the dataset's voxels
+THIN_VOXELS = 8.0  # thinner structures (2 x volume / boundary voxels) get a full-resolution level
 # Cost model, calibrated on two runs measured on 2 CPU cores (README): the hippocampus 3D recipe
-# (12.8 s per epoch of 50 x 4 patches of 40x56x40) and the synthetic 2D default (1.6 s per epoch of
-# 25 x 16 slices of 64x64). Estimates, not timings: they only have to be the same everywhere.
-MULTIPLY_ADDS_PER_SECOND = 2.1e10
+# (12.8 s per epoch of 50 x 4 patches of 40x56x40, with a full-resolution level of 8) and the synthetic
+# 2D default (1.6 s per epoch of 25 x 16 slices of 64x64). Estimates, not timings: they only have to be
+# the same everywhere.
+MULTIPLY_ADDS_PER_SECOND = 3.2e10
+FULL_RESOLUTION_CONVS = 4  # a full-resolution level: two convolutions down, about two up
 SECONDS_PER_ITERATION = 0.035
 
 
@@ -89,14 +95,17 @@ def activation_bytes_per_voxel(topology: dict, base_width: int, max_width: int =
     """
     w = widths(topology["depth"], base_width, max_width)
     f = _level_fractions(topology["strides"])
-    return BYTES_PER_VALUE * TENSORS_PER_LEVEL * 2 * 2 * sum(a * b for a, b in zip(w, f, strict=True))
+    maps = sum(a * b for a, b in zip(w, f, strict=True)) + topology.get("full_resolution_width", 0)
+    return BYTES_PER_VALUE * TENSORS_PER_LEVEL * 2 * 2 * maps
 
 
 def multiply_adds_per_voxel(topology: dict, base_width: int, max_width: int = MAX_WIDTH) -> float:
     """Convolution multiply-adds per input voxel of one sample, forward pass, main convolutions only."""
     w = widths(topology["depth"], base_width, max_width)
     f = _level_fractions(topology["strides"])
-    return sum(math.prod(k) * c * c * frac for k, c, frac in zip(topology["kernel_sizes"], w, f, strict=True))
+    full = topology.get("full_resolution_width", 0)
+    extra = FULL_RESOLUTION_CONVS * math.prod(topology["kernel_sizes"][0]) * full * full
+    return extra + sum(math.prod(k) * c * c * frac for k, c, frac in zip(topology["kernel_sizes"], w, f, strict=True))
 
 
 def seconds_per_epoch(topology: dict, patch: Sequence[int], batch: int, iterations: int, base_width: int) -> float:
@@ -118,9 +127,16 @@ def _divisible(patch: Sequence[int], spacing: Sequence[float]) -> tuple[list[int
 
 
 def fit_patch(
-    median_shape: Sequence[float], spacing: Sequence[float], budget_gb: float, base_width: int, batch: int = MIN_BATCH
+    median_shape: Sequence[float],
+    spacing: Sequence[float],
+    budget_gb: float,
+    base_width: int,
+    batch: int = MIN_BATCH,
+    full_width: int = 0,
 ) -> tuple[list[int], dict, float]:
     """Largest patch, from the median shape down, whose batch of ``batch`` fits ``budget_gb``.
+
+    ``full_width``: feature maps of a full-resolution level (0: none), kept in the returned topology.
 
     Returns the patch, its topology and the estimated memory (GB) of a batch of ``batch``.
     """
@@ -128,6 +144,7 @@ def fit_patch(
     patch = [max(MIN_PATCH, int(round(s))) for s in median_shape]
     while True:
         patch, topo = _divisible(patch, spacing)
+        topo["full_resolution_width"] = full_width
         need = math.prod(patch) * activation_bytes_per_voxel(topo, base_width) * batch
         shrinkable = [i for i, p in enumerate(patch) if p > MIN_PATCH]
         if need <= budget or not shrinkable:

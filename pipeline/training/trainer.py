@@ -161,6 +161,7 @@ def setup(cfg: Config) -> Session:
     in_channels = int(train_vols[0]["image"].shape[0])
     model_kwargs = {**to_dict(t_cfg.model), "depth": st["depth"], "strides": st["strides"]}
     model_kwargs["kernel_sizes"] = st["kernel_sizes"]
+    model_kwargs["full_resolution_width"] = st["full_resolution_width"]
     try:
         model = build_model(spatial_dims=st["dims"], in_channels=in_channels, out_channels=k, **model_kwargs)
     except ValueError as err:  # option combinations the schema cannot express (e.g. a dynunet-only setting)
