@@ -41,7 +41,7 @@ class DataConfig:
     """Where the raw dataset lives and how it is laid out."""
 
     root: str = "data/raw/synthetic"
-    layout: Literal["msd", "folder", "csv"] = "msd"
+    layout: Literal["auto", "msd", "folder", "csv"] = "auto"  # auto: detect (as validate does)
     manifest: str | None = None  # CSV with case_id,image,label (layout "csv")
     dicom: DicomConfig = field(default_factory=DicomConfig)  # series rule for images that are DICOM folders
     # largest voxel count (all channels) one file may declare; bounds the memory a header can claim

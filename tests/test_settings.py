@@ -113,3 +113,32 @@ def test_same_params_give_the_same_epoch_count_without_any_clock(monkeypatch: py
     assert first["epochs"]["source"] == "planned" and 10 <= first["epochs"]["value"] <= 1000
     longer = plan_settings(summary, [1.0, 1.0, 1.0], from_dict({"train": {"target_minutes": 40}}))
     assert longer["epochs"]["value"] == pytest.approx(2 * first["epochs"]["value"], abs=1)
+
+
+def test_thinnest_structure_measures_a_ribbon_by_its_width() -> None:
+    from pipeline.preprocessing.fingerprint import thinnest_structure
+
+    label = np.zeros((60, 40, 1), np.uint8)
+    label[5:55, 10:13] = 1  # a ribbon 3 voxels wide
+    label[5:35, 20:36] = 2  # a block 16 wide
+    assert thinnest_structure(label, [0, 1, 2]) == pytest.approx(3.0, rel=0.1)
+    assert np.isnan(thinnest_structure(np.zeros_like(label), [0, 1]))
+
+
+def test_thin_structures_plan_a_full_resolution_level_and_its_cost(tmp_path: Path) -> None:
+    thick = plan_for(write_msd(tmp_path / "thick", (48, 48, 48), (1.0, 1.0, 1.0)))  # a 24-voxel cube
+    root = write_msd(tmp_path / "thin", (48, 48, 48), (1.0, 1.0, 1.0))
+    for path in sorted((root / "labelsTr").iterdir()):  # the cube becomes a 2-voxel-thick plate
+        label = np.zeros((48, 48, 48), np.uint8)
+        label[12:36, 12:36, 23:25] = 1
+        nib.save(nib.Nifti1Image(label, np.eye(4)), path)
+    thin = plan_for(root)
+    assert thick.setting("full_resolution_width") == 0
+    assert thin.setting("full_resolution_width") == 8  # base_width 16 // 2
+    assert "full resolution" in thin.settings["full_resolution_width"]["reason"]
+    assert thin.setting("epochs") < thick.setting("epochs")  # the extra level costs time, so fewer epochs
+    forced = plan_for(root, {"train": {"model": {"full_resolution_width": 0}}})
+    entry = forced.settings["full_resolution_width"]
+    assert entry == {"value": 0, "source": "overridden", "reason": "set in the config"}
+    other = plan_for(root, {"train": {"model": {"name": "dynunet"}}})
+    assert other.setting("full_resolution_width") == 0  # DynUNet's first level is full resolution already
