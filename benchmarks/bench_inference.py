@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.core.dataset import Case  # noqa: E402
+from pipeline.core.cases import Case  # noqa: E402
 from pipeline.inference.model_folder import save_model_folder  # noqa: E402
 from pipeline.inference.predictor import Predictor  # noqa: E402
 from pipeline.inference.windows import WindowPredictor, build_inferer  # noqa: E402

@@ -9,15 +9,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pipeline.core.cases import DATASET_ROW
 from pipeline.core.dataset import (
-    DATASET_ROW,
     detect_layout,
     read_dataset,
     read_folder,
-    read_labels,
     read_manifest,
     read_msd,
 )
+from pipeline.core.dataset_json import read_labels
 from pipeline.core.validation import validate_dataset
 
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from pipeline.config import from_dict
-from pipeline.core.dataset import Case, read_msd
+from pipeline.core.cases import Case
+from pipeline.core.dataset import read_msd
 from pipeline.evaluation.compare import load_per_case
 from pipeline.evaluation.evaluator import evaluate
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize

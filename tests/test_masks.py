@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from pipeline.config import PreprocessConfig
-from pipeline.core.dataset import Case, read_dataset, read_folder
+from pipeline.core.cases import Case
+from pipeline.core.dataset import read_dataset, read_folder
 from pipeline.core.labels import resolve_labels
 from pipeline.core.validation import validate_dataset
 from pipeline.inference.masks import mask_name, save_mask

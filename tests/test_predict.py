@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import plan_dict
 
-from pipeline.core.dataset import Case
+from pipeline.core.cases import Case
 from pipeline.inference.model_folder import WEIGHTS, save_model_folder
 from pipeline.inference.predictor import Predictor
 from pipeline.networks.factory import build_model

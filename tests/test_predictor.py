@@ -14,7 +14,7 @@ from conftest import plan_dict
 from scipy.spatial.transform import Rotation
 
 from pipeline.core import io
-from pipeline.core.dataset import Case
+from pipeline.core.cases import Case
 from pipeline.inference.model_folder import (
     META,
     WEIGHTS,

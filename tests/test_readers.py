@@ -156,7 +156,7 @@ def test_headers_naming_data_outside_the_folder_are_refused(escapes: dict[str, P
 
 
 def test_validation_names_each_escaping_file(escapes: dict[str, Path]) -> None:
-    from pipeline.core.dataset import Case
+    from pipeline.core.cases import Case
     from pipeline.core.validation import check_case
 
     for name, path in escapes.items():

@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from pipeline.core.dataset import Case, read_dataset
+from pipeline.core.cases import Case
+from pipeline.core.dataset import read_dataset
 from pipeline.core.readers import ReadError, read_array, read_header
 from pipeline.core.validation import check_case, format_problems, validate_dataset, validate_or_exit
 

@@ -1,105 +1,31 @@
-"""Turn a dataset on disk (MSD folder, paired folder, CSV manifest) into a list of cases.
+"""Find the cases of a dataset on disk: an MSD folder, a paired folder or a CSV manifest (its layout).
 
-Problems with the dataset description itself (a malformed ``dataset.json`` or manifest, paths that leave
-the dataset folder, unpaired files, duplicate case ids) are collected in :attr:`DatasetInfo.problems`
-rather than raised, so that validation can report them together with every per-case problem.
+Each reader returns a :class:`~pipeline.core.cases.DatasetInfo`. Problems with the dataset description itself
+(a malformed ``dataset.json`` or manifest, paths that leave the dataset folder, unpaired files, duplicate case
+ids) are collected in :attr:`DatasetInfo.problems` rather than raised, so that validation can report them
+together with every per-case problem. What a ``dataset.json`` declares is read in
+:mod:`pipeline.core.dataset_json`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.labels import declared_labels
+from pipeline.core.cases import DATASET_ROW, Case, DatasetError, DatasetInfo, Problem, case_id_problem
+from pipeline.core.dataset_json import parse_labels, parse_modalities, read_json, sidecar_labels
 from pipeline.core.readers import is_image_file, strip_suffix
 
 logger = logging.getLogger(__name__)
 
-DATASET_ROW = "(dataset)"  # case id used for problems of the dataset description itself
-DEFAULT_LABELS = {0: "background", 1: "foreground"}
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
 IMAGE_TAGS = ("_image", "_img")
 LABEL_TAGS = ("_label", "_seg", "_mask")
 # one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-class DatasetError(ValueError):
-    """A dataset description that cannot be read; the message names the file."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one file."""
-
-    case_id: str
-    file: str
-    problem: str
-
-
-#: a case id is a plain name: it names files (``<case>.nii.gz``, ``images/<case>.npy``) and nothing else
-PLAIN_CASE_ID = re.compile(r"[\w-][\w.-]*")
-MAX_CASE_ID = 200  # characters: room for suffixes like "_probabilities.nii.gz" within a 255-byte file name
-
-
-def case_id_problem(case_id: str) -> str | None:
-    """Why ``case_id`` is not a plain name (letters, digits, '.', '_', '-'; no leading dot), or None."""
-    if PLAIN_CASE_ID.fullmatch(case_id) and len(case_id) <= MAX_CASE_ID:
-        return None
-    return (
-        f"case id {printable(case_id)!r} is not a plain name (letters, digits, '.', '_', '-'; no leading dot; "
-        f"at most {MAX_CASE_ID} characters)"
-    )
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped, so that a report line stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
-@dataclass(frozen=True)
-class Case:
-    """One scan: its image file(s) (one per channel, or one multi-channel file) and optional label."""
-
-    case_id: str
-    images: tuple[Path, ...]
-    label: Path | None = None
-    group: str | None = None  # patient or site: cases of one group are never split apart
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the dataset declares: label names, input channels, cases, and problems of the description."""
-
-    name: str
-    labels: dict[int, str]
-    modalities: dict[int, str] = field(default_factory=lambda: {0: "MR"})
-    cases: tuple[Case, ...] = ()
-    problems: tuple[Problem, ...] = ()
-    labels_source: str = ""  # the dataset.json that declares the labels ("" = built-in default)
-    #: the stored label value of each class (class k <-> label_values[k]); empty: the values are the classes
-    label_values: tuple[int, ...] = ()
-    modalities_declared: bool = False  # the channels come from dataset.json (else: from the images)
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels, default=0) + 1
-
-    @property
-    def declared_labels(self) -> dict[int, str]:
-        """``{stored value: name}``: the labels as the files hold them."""
-        values = self.label_values or tuple(self.labels)
-        return dict(zip(values, self.labels.values(), strict=True))
-
-    def raise_for_problems(self) -> None:
-        """Raise :class:`DatasetError` listing the description problems, if any."""
-        if self.problems:
-            raise DatasetError("; ".join(f"{p.file}: {p.problem}" for p in self.problems))
 
 
 def _abs(path: str | Path) -> Path:
@@ -120,81 +46,6 @@ def _inside(
     return path
 
 
-def _read_json(path: Path, problems: list[Problem]) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        problems.append(Problem(DATASET_ROW, str(path), "dataset.json not found"))
-        return None
-    except json.JSONDecodeError as err:
-        problems.append(
-            Problem(DATASET_ROW, str(path), f"malformed dataset.json: invalid JSON ({err.msg} at line {err.lineno})")
-        )
-        return None
-    except (UnicodeDecodeError, OSError) as err:
-        problems.append(Problem(DATASET_ROW, str(path), f"malformed dataset.json: cannot read it ({err})"))
-        return None
-    if not isinstance(data, dict):
-        problems.append(Problem(DATASET_ROW, str(path), "malformed dataset.json: top level is not an object"))
-        return None
-    return data
-
-
-def _int_keyed(mapping: object, what: str, source: Path, problems: list[Problem]) -> dict[int, str]:
-    """``{"0": "background", ...}`` -> ``{0: "background", ...}``; problems for anything else."""
-    if mapping is None:
-        problems.append(Problem(DATASET_ROW, str(source), f"malformed dataset.json: missing '{what}'"))
-        return {}
-    if not isinstance(mapping, dict) or not mapping:
-        problems.append(
-            Problem(DATASET_ROW, str(source), f"malformed dataset.json: '{what}' must be a non-empty object")
-        )
-        return {}
-    out: dict[int, str] = {}
-    bad = []
-    for k, v in mapping.items():
-        try:
-            out[int(str(k).strip())] = str(v)
-        except ValueError:
-            bad.append(k)
-    if bad:
-        keys = ", ".join(repr(k) for k in bad)
-        problems.append(
-            Problem(DATASET_ROW, str(source), f"malformed dataset.json: '{what}' key(s) {keys} are not integers")
-        )
-        return {}
-    return dict(sorted(out.items()))
-
-
-def _labels(meta: dict, source: Path, problems: list[Problem]) -> tuple[dict[int, str], tuple[int, ...]]:
-    """Class names and the declared value of each class (see :mod:`pipeline.core.labels`)."""
-    raw = meta.get("labels")
-    if isinstance(raw, dict) and raw and all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
-        raw = {str(v): k for k, v in raw.items()}  # nnU-Net v2 style {"background": 0, ...}
-    labels = _int_keyed(raw, "labels", source, problems)
-    if labels and 0 not in labels:
-        problems.append(
-            Problem(DATASET_ROW, str(source), "malformed dataset.json: 'labels' must declare 0 (background)")
-        )
-        return {}, ()
-    if labels and min(labels) < 0:
-        problems.append(Problem(DATASET_ROW, str(source), "malformed dataset.json: 'labels' keys must not be negative"))
-        return {}, ()
-    return declared_labels(labels)
-
-
-def read_labels(path: str | Path) -> dict[int, str]:
-    """The ``labels`` of a dataset.json as declared, ``{stored value: name}``; :class:`DatasetError` naming the
-    file when they cannot be read."""
-    path = Path(path)
-    problems: list[Problem] = []
-    meta = _read_json(path, problems)
-    labels, values = _labels(meta, path, problems) if meta is not None else ({}, ())
-    if problems or not labels:
-        raise DatasetError("; ".join(f"{p.file}: {p.problem}" for p in problems) or f"{path}: no labels")
-    return dict(zip(values or tuple(labels), labels.values(), strict=True))
-
-
 def _missing_root(root: Path) -> DatasetInfo | None:
     if root.is_dir():
         return None
@@ -209,60 +60,58 @@ def read_msd(root: str | Path) -> DatasetInfo:
         return missing
     source = root / "dataset.json"
     problems: list[Problem] = []
-    meta = _read_json(source, problems)
+    meta = read_json(source, problems)
     if meta is None:
         return DatasetInfo(root.name, {}, problems=tuple(problems), labels_source=str(source))
-    labels, values = _labels(meta, source, problems)
-    declared = meta.get("modality", meta.get("channel_names"))
-    modalities = _int_keyed(declared if declared is not None else {"0": "MR"}, "modality", source, problems)
-    modalities = modalities or {0: "MR"}
+    labels, values = parse_labels(meta, source, problems)
+    modalities, declared = parse_modalities(meta, source, problems)
     training = meta.get("training")
-    cases = []
     nnunet_v2 = "file_ending" in meta or "channel_names" in meta
     if training is None and nnunet_v2 and (root / "imagesTr").is_dir():  # no list: files paired by name
         folder = read_folder(root)
-        return DatasetInfo(
-            str(meta.get("name", root.name)),
-            labels,
-            modalities,
-            folder.cases,
-            tuple(problems) + folder.problems,
-            str(source),
-            values,
-            declared is not None,
-        )
+        cases, problems = list(folder.cases), problems + list(folder.problems)
+    else:
+        cases = _training_cases(root, training, source, problems)
+        _check_unique(cases, source, problems)
+    name = str(meta.get("name", root.name))
+    return DatasetInfo(name, labels, modalities, tuple(cases), tuple(problems), str(source), values, declared)
+
+
+def _training_cases(root: Path, training: object, source: Path, problems: list[Problem]) -> list[Case]:
+    """The cases of an MSD ``training`` list, one ``{image, label}`` object per case."""
     if training is None:
         problems.append(Problem(DATASET_ROW, str(source), "malformed dataset.json: missing 'training'"))
-    elif not isinstance(training, list) or not training:
+        return []
+    if not isinstance(training, list) or not training:
         problems.append(
             Problem(DATASET_ROW, str(source), "malformed dataset.json: 'training' must be a non-empty list")
         )
-    else:
-        for i, entry in enumerate(training):
-            where = f"training[{i}]"
-            if not isinstance(entry, dict):
-                problems.append(
-                    Problem(where, str(source), f"malformed dataset.json: {where} is not an {{image, label}} object")
-                )
-                continue
-            raw = entry.get("image")
-            raw_images = raw if isinstance(raw, list) and raw else [raw]  # a list: one file per channel
-            first = raw_images[0]
-            cid = _case_id(first, len(raw_images) > 1) if isinstance(first, str) and first.strip() else where
-            if cid != where and (bad := case_id_problem(cid)) is not None:
-                problems.append(Problem(where, str(source), f"malformed dataset.json: {where}: {bad}"))
-                continue
-            n_before = len(problems)
-            prefix = "malformed dataset.json: "
-            images = [_inside(root, r, where, "image", source, cid, problems, prefix) for r in raw_images]
-            label = _inside(root, entry.get("label"), where, "label", source, cid, problems, prefix)
-            if len(problems) == n_before and all(i is not None for i in images):
-                cases.append(Case(cid, tuple(images), label, _group(entry.get("group"))))  # type: ignore[arg-type]
-    _check_unique(cases, source, problems)
-    name = str(meta.get("name", root.name))
-    return DatasetInfo(
-        name, labels, modalities, tuple(cases), tuple(problems), str(source), values, declared is not None
-    )
+        return []
+    cases = [_training_case(root, f"training[{i}]", entry, source, problems) for i, entry in enumerate(training)]
+    return [case for case in cases if case is not None]
+
+
+def _training_case(root: Path, where: str, entry: object, source: Path, problems: list[Problem]) -> Case | None:
+    """One entry of the ``training`` list (``where``: its place in the list), or None with its problems."""
+    if not isinstance(entry, dict):
+        problems.append(
+            Problem(where, str(source), f"malformed dataset.json: {where} is not an {{image, label}} object")
+        )
+        return None
+    raw = entry.get("image")
+    raw_images = raw if isinstance(raw, list) and raw else [raw]  # a list: one file per channel
+    first = raw_images[0]
+    cid = _case_id(first, len(raw_images) > 1) if isinstance(first, str) and first.strip() else where
+    if cid != where and (bad := case_id_problem(cid)) is not None:
+        problems.append(Problem(where, str(source), f"malformed dataset.json: {where}: {bad}"))
+        return None
+    n_before = len(problems)
+    prefix = "malformed dataset.json: "
+    images = [_inside(root, r, where, "image", source, cid, problems, prefix) for r in raw_images]
+    label = _inside(root, entry.get("label"), where, "label", source, cid, problems, prefix)
+    if len(problems) == n_before and all(i is not None for i in images):
+        return Case(cid, tuple(images), label, _group(entry.get("group")))  # type: ignore[arg-type]
+    return None
 
 
 def _case_id(image: str, per_channel: bool) -> str:
@@ -270,17 +119,6 @@ def _case_id(image: str, per_channel: bool) -> str:
     stem = strip_suffix(Path(image).name)
     match = CHANNEL_FILE.match(stem) if per_channel else None
     return match["case"] if match else stem
-
-
-def _sidecar_labels(root: Path, problems: list[Problem]) -> tuple[dict[int, str], tuple[int, ...], str]:
-    """Labels (class names, declared values) from ``root/dataset.json`` if there is one, else the binary
-    default (which :func:`pipeline.core.labels.values_found` may replace with the values in the masks)."""
-    path = root / "dataset.json"
-    if not path.is_file():
-        return dict(DEFAULT_LABELS), (), ""
-    meta = _read_json(path, problems)
-    labels, values = _labels(meta, path, problems) if meta is not None else ({}, ())
-    return labels, values, str(path)
 
 
 def _group(value: object) -> str | None:
@@ -299,7 +137,7 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
     problems: list[Problem] = []
     if not manifest.is_file():
         return DatasetInfo(manifest.stem, {}, problems=(Problem(DATASET_ROW, str(manifest), "manifest not found"),))
-    labels, values, labels_source = _sidecar_labels(root, problems)
+    labels, values, labels_source = sidecar_labels(root, problems)
     try:
         with manifest.open(newline="") as fh:
             reader = csv.DictReader(fh)
@@ -359,7 +197,7 @@ def read_folder(root: str | Path) -> DatasetInfo:
     if (missing := _missing_root(root)) is not None:
         return missing
     problems: list[Problem] = []
-    labels, values, labels_source = _sidecar_labels(root, problems)
+    labels, values, labels_source = sidecar_labels(root, problems)
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     for images_name, labels_name in (("images", "labels"), ("imagesTr", "labelsTr")):

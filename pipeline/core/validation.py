@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.dataset import DATASET_ROW, Case, DatasetInfo, Problem, printable
+from pipeline.core.cases import DATASET_ROW, Case, DatasetInfo, Problem, printable
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import Header, ReadError, read_array
 

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from pipeline.config import Config, EvaluateConfig, to_dict
 from pipeline.core import io
-from pipeline.core.dataset import Case, read_dataset
+from pipeline.core.cases import Case
+from pipeline.core.dataset import read_dataset
 from pipeline.core.labels import to_classes
 from pipeline.core.readers import read_array
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT

@@ -26,7 +26,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import EvaluateConfig, to_dict
-from pipeline.core.dataset import LABEL_TAGS, Case, DatasetError, read_dataset, read_labels
+from pipeline.core.cases import Case, DatasetError
+from pipeline.core.dataset import LABEL_TAGS, read_dataset
+from pipeline.core.dataset_json import read_labels
 from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, read_array, strip_suffix
 from pipeline.evaluation.evaluator import empty_policy, load_overlay, write_results
 from pipeline.evaluation.metrics import case_metrics, summarize

@@ -51,7 +51,8 @@ class SegmentationModel(PythonModel):
     # no return annotation: MLflow would derive an output schema from it, and it has none for arrays
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None):
         """One label map (uint8 array, on the scan's grid) per scan path of ``model_input``."""
-        from pipeline.core.dataset import Case, strip_suffix
+        from pipeline.core.cases import Case
+        from pipeline.core.readers import strip_suffix
 
         paths = [Path(p) for p in model_input]
         return [self.predictor.predict(Case(strip_suffix(p.name), (p,))).labels for p in paths]

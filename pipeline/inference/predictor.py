@@ -32,7 +32,7 @@ from monai.transforms import Compose, LoadImaged
 
 from pipeline.config import InferenceConfig, to_dict
 from pipeline.core import io
-from pipeline.core.dataset import Case
+from pipeline.core.cases import Case
 from pipeline.core.geometry import native_mapping, resample_to_native
 from pipeline.core.readers import Header
 from pipeline.core.readers.monai_reader import load_image

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from pipeline.core import io
-from pipeline.core.dataset import Case, DatasetInfo
+from pipeline.core.cases import Case, DatasetInfo
 from pipeline.core.labels import to_classes
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import read_array, read_scan

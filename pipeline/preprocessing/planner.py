@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config, PreprocessConfig
-from pipeline.core.dataset import DatasetInfo
+from pipeline.core.cases import DatasetInfo
 from pipeline.core.image2d import match_channels
 from pipeline.preprocessing.fingerprint import intensity_statistics
 from pipeline.preprocessing.plan import Plan

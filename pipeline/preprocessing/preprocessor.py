@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline.config import Config, PreprocessConfig
 from pipeline.core import io
-from pipeline.core.dataset import Case, DatasetInfo
+from pipeline.core.cases import Case, DatasetInfo
 from pipeline.core.geometry import geometry_record
 from pipeline.core.parallel import run_pool
 from pipeline.preprocessing.fingerprint import fingerprint_dataset, source_key

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, io
-from pipeline.core.dataset import Case
+from pipeline.core.cases import Case
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,

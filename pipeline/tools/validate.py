@@ -10,7 +10,8 @@ import logging
 import sys
 
 from pipeline.core import dicom
-from pipeline.core.dataset import DATASET_ROW, Problem, read_dataset
+from pipeline.core.cases import DATASET_ROW, Problem
+from pipeline.core.dataset import read_dataset
 from pipeline.core.labels import INFERRED, resolve_labels
 from pipeline.core.readers import add_max_voxels_argument, set_max_voxels
 from pipeline.core.validation import format_problems, summary_line, validate_dataset
