@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DicomConfig:
-    """Which series of a DICOM folder is the scan (see :mod:`pipeline.core.dicom`); unset: the only one."""
+    """Which series of a DICOM folder is the scan (see :mod:`pipeline.core.dicom_series`); unset: the only one."""
 
     modality: str | None = None  # keep series of this Modality (e.g. MR, CT)
     description: str | None = None  # keep series whose SeriesDescription matches this regex (case-insensitive)

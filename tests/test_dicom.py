@@ -1,4 +1,4 @@
-"""DICOM series folders as volumes (pipeline.core.dicom): round trips, refusals, series rules."""
+"""DICOM series folders as volumes (core.dicom_series, core.dicom): round trips, refusals, series rules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from conftest import SHARED_DATA
 from dicom_series import oblique_image, write_series
 
 from pipeline.config import DicomConfig
-from pipeline.core import dicom, readers
+from pipeline.core import dicom, dicom_series, readers
+from pipeline.core.dicom_series import DicomError
 
 HIPPOCAMPUS = SHARED_DATA / "msd_hippocampus" / "imagesTr" / "hippocampus_033.nii.gz"  # uint8, 33x48x38
 
@@ -56,14 +57,14 @@ def test_slices_are_sorted_by_position_not_by_file_name(tmp_path: Path) -> None:
 
 def test_missing_slice_is_refused(tmp_path: Path) -> None:
     folder = write_series(oblique_image(), tmp_path / "series", skip=[3])
-    with pytest.raises(dicom.DicomError, match=r"missing slice\(s\): 1 between slice_002.dcm and slice_004.dcm"):
+    with pytest.raises(DicomError, match=r"missing slice\(s\): 1 between slice_002.dcm and slice_004.dcm"):
         dicom.read_array(folder)
 
 
 def test_duplicate_slice_is_refused(tmp_path: Path) -> None:
     image = oblique_image()
     folder = write_series(image, tmp_path / "series", positions={3: image.TransformIndexToPhysicalPoint((0, 0, 2))})
-    with pytest.raises(dicom.DicomError, match="duplicate slices: slice_002.dcm and slice_003.dcm"):
+    with pytest.raises(DicomError, match="duplicate slices: slice_002.dcm and slice_003.dcm"):
         dicom.read_header(folder)
 
 
@@ -71,7 +72,7 @@ def test_uneven_spacing_is_refused(tmp_path: Path) -> None:
     image = oblique_image()
     shifted = image.TransformContinuousIndexToPhysicalPoint((0, 0, 3.4))
     folder = write_series(image, tmp_path / "series", positions={3: shifted})
-    with pytest.raises(dicom.DicomError, match="uneven slice spacing"):
+    with pytest.raises(DicomError, match="uneven slice spacing"):
         dicom.read_header(folder)
 
 
@@ -80,7 +81,7 @@ def test_gantry_tilt_is_refused(tmp_path: Path) -> None:
     row = np.asarray(image.GetDirection()).reshape(3, 3)[:, 0]
     tilted = {i: np.asarray(image.TransformIndexToPhysicalPoint((0, 0, i))) + 0.5 * i * row for i in range(6)}
     folder = write_series(image, tmp_path / "series", positions=tilted)
-    with pytest.raises(dicom.DicomError, match=r"gantry tilt .*\(11\.3\d degrees\)"):
+    with pytest.raises(DicomError, match=r"gantry tilt .*\(11\.3\d degrees\)"):
         dicom.read_header(folder)
 
 
@@ -89,19 +90,19 @@ def test_mixed_slices_are_refused(tmp_path: Path) -> None:
     other = oblique_image((12, 11, 6))
     write_series(other, tmp_path / "other")
     (tmp_path / "other" / "slice_003.dcm").replace(folder / "slice_003.dcm")  # same series UID, 11 rows
-    with pytest.raises(dicom.DicomError, match="mixed series: Rows 10"):
+    with pytest.raises(DicomError, match="mixed series: Rows 10"):
         dicom.read_header(folder)
 
 
 def test_single_slice_and_empty_folder_are_refused(tmp_path: Path) -> None:
     folder = write_series(oblique_image(), tmp_path / "series", skip=range(1, 6))
-    with pytest.raises(dicom.DicomError, match="single slice"):
+    with pytest.raises(DicomError, match="single slice"):
         dicom.read_header(folder)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images")
-    with pytest.raises(dicom.DicomError, match="no DICOM files"):
+    with pytest.raises(DicomError, match="no DICOM files"):
         dicom.read_header(tmp_path / "empty")
-    assert dicom.is_dicom_folder(folder) and not dicom.is_dicom_folder(tmp_path / "empty")
+    assert dicom_series.is_dicom_folder(folder) and not dicom_series.is_dicom_folder(tmp_path / "empty")
 
 
 def _two_series(folder: Path) -> tuple[sitk.Image, sitk.Image]:
@@ -117,7 +118,7 @@ def _two_series(folder: Path) -> tuple[sitk.Image, sitk.Image]:
 
 def test_two_series_are_refused_without_a_rule_and_picked_by_one(tmp_path: Path) -> None:
     mr, ct = _two_series(tmp_path / "study")
-    with pytest.raises(dicom.DicomError, match=r"mixed series: 2 series \(#3 MR 'T1 axial' \(6 files\); #4 CT"):
+    with pytest.raises(DicomError, match=r"mixed series: 2 series \(#3 MR 'T1 axial' \(6 files\); #4 CT"):
         dicom.read_header(tmp_path / "study")
     expected = {"mr": sitk.GetArrayFromImage(mr).T, "ct": sitk.GetArrayFromImage(ct).T}
     for rule, which in [
@@ -128,7 +129,7 @@ def test_two_series_are_refused_without_a_rule_and_picked_by_one(tmp_path: Path)
     ]:
         data, _ = dicom.read_array(tmp_path / "study", rule)
         np.testing.assert_array_equal(data, expected[which], err_msg=str(rule))
-    with pytest.raises(dicom.DicomError, match="no series matches modality PT"):
+    with pytest.raises(DicomError, match="no series matches modality PT"):
         dicom.read_header(tmp_path / "study", DicomConfig(modality="PT"))
 
 
@@ -137,12 +138,12 @@ def test_process_rule_applies_to_folders_of_studies(tmp_path: Path) -> None:
     write_series(mr, tmp_path / "patient" / "study1" / "t1", series="1", description="T1 MPRAGE")
     write_series(oblique_image(seed=3), tmp_path / "patient" / "study1" / "t2", series="2", description="T2 FLAIR")
     try:
-        dicom.set_series_rule(DicomConfig(description="mprage"))
+        dicom_series.set_series_rule(DicomConfig(description="mprage"))
         data, _ = dicom.read_array(tmp_path / "patient")
     finally:
-        dicom.set_series_rule(None)
+        dicom_series.set_series_rule(None)
     np.testing.assert_array_equal(data, sitk.GetArrayFromImage(mr).T)
-    with pytest.raises(dicom.DicomError, match="mixed series: 2 series"):
+    with pytest.raises(DicomError, match="mixed series: 2 series"):
         dicom.read_array(tmp_path / "patient")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import run_main, stage_args
-from pipeline.core.dicom import set_series_rule
+from pipeline.core.dicom_series import set_series_rule
 from pipeline.evaluation.evaluator import evaluate
 
 

@@ -13,7 +13,7 @@ import logging
 
 from pipeline.config import ConfigError, run_main, stage_args
 from pipeline.core.dataset import read_dataset
-from pipeline.core.dicom import set_series_rule
+from pipeline.core.dicom_series import set_series_rule
 from pipeline.core.labels import resolve_labels
 from pipeline.core.splits import load_or_make_splits, non_test_cases
 from pipeline.core.validation import validate_or_exit

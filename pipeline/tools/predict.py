@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import InferenceConfig
-from pipeline.core import dicom, io
+from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
@@ -60,7 +60,7 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir() and not dicom.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
+    if path.is_dir() and not dicom_series.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
         files = sorted(p for p in path.iterdir() if is_image_file(p))
     else:
         files = [path]
@@ -161,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--label-codes", type=Path, default=None, help="dicom-seg: JSON/YAML map class name or index -> codes"
     )
     add_max_voxels_argument(parser)
-    dicom.add_rule_arguments(parser)
+    dicom_series.add_rule_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     codes = None
     try:
-        dicom.set_series_rule(dicom.rule_from_args(args))
+        dicom_series.set_series_rule(dicom_series.rule_from_args(args))
         set_max_voxels(args.max_voxels)
         predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
         inf = predictor.meta.get("inference", {})

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.core import dicom
+from pipeline.core import dicom_series
 from pipeline.core.cases import DATASET_ROW, Problem
 from pipeline.core.dataset import read_dataset
 from pipeline.core.labels import INFERRED, resolve_labels
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", default=None, help="CSV manifest (layout csv; default <root>/manifest.csv)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
     add_max_voxels_argument(parser)
-    dicom.add_rule_arguments(parser)
+    dicom_series.add_rule_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        dicom.set_series_rule(dicom.rule_from_args(args))
+        dicom_series.set_series_rule(dicom_series.rule_from_args(args))
     except ValueError as err:
         parser.error(str(err))
     if args.max_voxels < 1:

@@ -12,10 +12,10 @@
   stored as a folder of files) -> ``read_header(path) -> Header`` and ``read_array(path) -> (array,
   Header)``. NIfTI: :mod:`.nifti` (nibabel's header parser, our bounded data read); NRRD/MetaImage:
   :mod:`.itk` (SimpleITK after our own header checks); 2D pictures: :mod:`pipeline.core.image2d`; DICOM
-  series folders: :mod:`pipeline.core.dicom` (folder predicate, size checked from the headers). To add
-  a format, write a module with those two functions and add one :func:`register` call at the end of this
-  file; :data:`SUPPORTED_SUFFIXES` (the one suffix list), dataset discovery, ``validate``, ``predict`` and
-  MONAI's loader then all know it.
+  series folders: :mod:`pipeline.core.dicom` (folder predicate: :mod:`pipeline.core.dicom_series`; size
+  checked from the headers). To add a format, write a module with those two functions and add one
+  :func:`register` call at the end of this file; :data:`SUPPORTED_SUFFIXES` (the one suffix list), dataset
+  discovery, ``validate``, ``predict`` and MONAI's loader then all know it.
 * ``PipelineReader`` (:mod:`.monai_reader`) is the MONAI ``ImageReader`` on top of :func:`read_array`, built on
   first access so that validation does not pay for importing MONAI (and torch).
 * The voxel limit per file (:func:`set_max_voxels`, config ``data.max_voxels``, ``predict --max-voxels``)
@@ -211,9 +211,9 @@ def _dicom_header(path: Path) -> Header:
 
 
 def _is_dicom_folder(path: Path) -> bool:
-    from pipeline.core import dicom
+    from pipeline.core import dicom_series
 
-    return dicom.is_dicom_folder(path)
+    return dicom_series.is_dicom_folder(path)
 
 
 register(Backend("dicom", (), _dicom_header, _dicom_array, is_folder=_is_dicom_folder))
