@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.core.synthetic import ORGAN_OFFSET_MM, make_synthetic_dataset
+from pipeline.core.synthetic import make_synthetic_dataset
+from pipeline.core.synthetic_case import ORGAN_OFFSET_MM
 
 SPACING = (0.8, 0.8, 2.5)
 _AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
