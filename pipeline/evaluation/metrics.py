@@ -142,6 +142,19 @@ def case_metrics(
     ``pred``/``ref`` are integer label volumes (2D or 3D) of equal shape, ``spacing`` the voxel
     size in mm per axis. Distances are in mm, volumes in mL; missing values are NaN.
     """
+    pred, ref, spacing = _checked_case(pred, ref, spacing, nsd_tolerance_mm)
+    rows: list[dict[str, Any]] = []
+    for k, name in sorted(labels.items()):
+        if k != 0:
+            scores = _class_metrics(pred == k, ref == k, spacing, nsd_tolerance_mm, policy)
+            rows.append({"class_index": int(k), "class_name": str(name), **scores})
+    return rows
+
+
+def _checked_case(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], nsd_tolerance_mm: float
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """``pred``, ``ref`` and ``spacing`` checked for :func:`case_metrics`; ``ValueError`` saying what is wrong."""
     pred = _check_label_volume("pred", pred)
     ref = _check_label_volume("ref", ref)
     if pred.shape != ref.shape:
@@ -153,48 +166,40 @@ def case_metrics(
         raise ValueError(f"spacing must be positive and finite, got {spacing}")
     if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
         raise ValueError(f"nsd_tolerance_mm must be finite and >= 0, got {nsd_tolerance_mm}")
+    return pred, ref, spacing
+
+
+def _class_metrics(
+    p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], nsd_tolerance_mm: float, policy: EmptyPolicy
+) -> dict[str, Any]:
+    """The metrics of one class from its predicted (``p``) and reference (``r``) masks."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
-
-    rows: list[dict[str, Any]] = []
-    for class_index, class_name in sorted(labels.items()):
-        if class_index == 0:
-            continue
-        p = pred == class_index
-        r = ref == class_index
-        tp = int(np.count_nonzero(p & r))
-        n_pred = int(np.count_nonzero(p))
-        n_ref = int(np.count_nonzero(r))
-        fp, fn = n_pred - tp, n_ref - tp
-        ref_empty, pred_empty = n_ref == 0, n_pred == 0
-
-        dice = dice_score(tp, n_pred, n_ref, policy)
-        if ref_empty or pred_empty:
-            iou = nsd = policy.value(ref_empty, pred_empty)
-            hd95 = assd = math.nan
-        else:
-            iou = tp / (n_pred + n_ref - tp)
-            hd95, assd, nsd = _surface_metrics(p, r, spacing, nsd_tolerance_mm)
-
-        rows.append(
-            {
-                "class_index": int(class_index),
-                "class_name": str(class_name),
-                "dice": float(dice),
-                "iou": float(iou),
-                "hd95_mm": float(hd95),
-                "assd_mm": float(assd),
-                "nsd": float(nsd),
-                "ref_volume_ml": n_ref * voxel_ml,
-                "pred_volume_ml": n_pred * voxel_ml,
-                "volume_rel_diff": math.nan if ref_empty else (n_pred - n_ref) / n_ref,
-                "tp": tp,
-                "fp": fp,
-                "fn": fn,
-                "ref_empty": bool(ref_empty),
-                "pred_empty": bool(pred_empty),
-            }
-        )
-    return rows
+    tp = int(np.count_nonzero(p & r))
+    n_pred = int(np.count_nonzero(p))
+    n_ref = int(np.count_nonzero(r))
+    ref_empty, pred_empty = n_ref == 0, n_pred == 0
+    dice = dice_score(tp, n_pred, n_ref, policy)
+    if ref_empty or pred_empty:
+        iou = nsd = policy.value(ref_empty, pred_empty)
+        hd95 = assd = math.nan
+    else:
+        iou = tp / (n_pred + n_ref - tp)
+        hd95, assd, nsd = _surface_metrics(p, r, spacing, nsd_tolerance_mm)
+    return {
+        "dice": float(dice),
+        "iou": float(iou),
+        "hd95_mm": float(hd95),
+        "assd_mm": float(assd),
+        "nsd": float(nsd),
+        "ref_volume_ml": n_ref * voxel_ml,
+        "pred_volume_ml": n_pred * voxel_ml,
+        "volume_rel_diff": math.nan if ref_empty else (n_pred - n_ref) / n_ref,
+        "tp": tp,
+        "fp": n_pred - tp,
+        "fn": n_ref - tp,
+        "ref_empty": bool(ref_empty),
+        "pred_empty": bool(pred_empty),
+    }
 
 
 def _json_float(x: float) -> float | None:

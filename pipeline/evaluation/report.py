@@ -199,6 +199,12 @@ def _config_section(config: Mapping[str, Any] | None, lineage: Mapping[str, Any]
     return "\n".join(parts)
 
 
+OVERLAY_NOTE = (
+    '<p class="note">Reference contours solid, prediction contours dashed; slices through the reference'
+    " foreground along the coarsest axis.</p>"
+)
+
+
 def build_report(
     per_case: pd.DataFrame,
     summary: Mapping[str, Any],
@@ -222,43 +228,43 @@ def build_report(
     settings and run record (``model.json``).
     """
     if class_names is None:
-        pairs = per_case[["class_index", "class_name"]].drop_duplicates() if "class_index" in per_case else None
-        class_names = {int(i): str(n) for i, n in pairs.itertuples(index=False)} if pairs is not None else {}
+        class_names = _class_names(per_case)
     sections = [f"<h1>{_e(title)}</h1>", _summary_section(summary)]
     if summary.get("physical_spacing") is False:
         sections.append(
             '<p class="note">The images are 2D pictures with no physical spacing: HD95, ASSD and the NSD '
             "tolerance are in pixels (labelled mm), volumes in thousands of pixels (labelled mL).</p>"
         )
-
-    sections.append("<h2>Learning curves</h2>")
-    if train_log is not None and not train_log.empty:
-        sections.append(_img(learning_curves_png(train_log), "learning curves"))
-    else:
-        sections.append('<p class="note">No training log available.</p>')
-
-    sections.append("<h2>Per-case metrics by class</h2>")
+    has_log = train_log is not None and not train_log.empty
+    curves = [_img(learning_curves_png(train_log), "learning curves")] if has_log else []
+    sections += _section("Learning curves", curves, "No training log available.")
+    by_class = []
     if not per_case.empty:
-        sections.append(_img(metric_distributions_png(per_case), "metric distributions"))
-        sections.append(_worst_section(per_case, n_worst))
-    else:
-        sections.append('<p class="note">No cases.</p>')
-
-    sections.append("<h2>Overlays</h2>")
+        by_class = [_img(metric_distributions_png(per_case), "metric distributions"), _worst_section(per_case, n_worst)]
+    sections += _section("Per-case metrics by class", by_class, "No cases.")
     drawn = [_img(overlay_png(ov, class_names), f"overlay {ov.role} {ov.case_id}") for ov in overlays]
-    if drawn:
-        sections.append(
-            '<p class="note">Reference contours solid, prediction contours dashed; slices through the reference'
-            " foreground along the coarsest axis.</p>"
-        )
-        sections.extend(drawn)
-    else:
-        sections.append('<p class="note">No overlays.</p>')
-
+    sections += _section("Overlays", [OVERLAY_NOTE, *drawn] if drawn else [], "No overlays.")
     if settings is not None or training is not None:
         sections.append(_plan_section(settings, training))
     sections.append(_config_section(config, lineage))
-    body = "\n".join(sections)
+    return _page(title, "\n".join(sections))
+
+
+def _class_names(per_case: pd.DataFrame) -> dict[int, str]:
+    """Label index -> name from the per-case table (empty without a ``class_index`` column)."""
+    if "class_index" not in per_case:
+        return {}
+    pairs = per_case[["class_index", "class_name"]].drop_duplicates()
+    return {int(i): str(n) for i, n in pairs.itertuples(index=False)}
+
+
+def _section(heading: str, parts: list[str], empty: str) -> list[str]:
+    """A heading and its parts, or the ``empty`` note when there are none."""
+    return [f"<h2>{heading}</h2>", *(parts or [f'<p class="note">{empty}</p>'])]
+
+
+def _page(title: str, body: str) -> str:
+    """The self-contained HTML page (inline style, a content security policy that fetches nothing)."""
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

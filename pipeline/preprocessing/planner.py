@@ -126,57 +126,18 @@ def make_plan(
     study = dataclasses.replace(study or Config(), preprocess=cfg)
     single = single_slice_axis(fingerprints)
     planned, slow = plan_spacing(fingerprints, cfg.anisotropy_threshold, cfg.anisotropic_percentile)
-    if info.modalities_declared:  # 2D pictures of a grey dataset stored as RGB become grey, and back
-        n_channels = len(info.modalities)
-    else:
-        n_channels = int(fingerprints["channels"].max()) if "channels" in fingerprints else max(len(info.modalities), 1)
-    samples = {k: match_channels(v, n_channels) if v.shape[0] != n_channels else v for k, v in samples.items()}
-    spacing = list(cfg.target_spacing) if cfg.target_spacing else list(planned)
-    ras_spacing = fingerprints[[f"ras_spacing_{i}" for i in range(3)]].to_numpy(float)
-    median_spacing = [float(v) for v in np.median(ras_spacing, axis=0)]
     if single is not None:  # a one-slice axis is never resampled (it would shrink to nothing)
         slow = None
-        if cfg.target_spacing and spacing[single] != median_spacing[single]:
-            logger.warning("target_spacing along axis %d ignored: one slice, not resampled", single)
-        spacing[single] = median_spacing[single]
-    spacing = _rounded(np.asarray(spacing, dtype=float))
+    n_channels = _input_channels(info, fingerprints)
+    samples = {k: match_channels(v, n_channels) if v.shape[0] != n_channels else v for k, v in samples.items()}
+    spacing = _target_spacing(fingerprints, planned, single, cfg)
     stats = intensity_statistics(samples, cfg.ct_clip)
     intensity = plan_normalization(info.modalities, n_channels, stats, cfg.normalization, cfg.ct_clip, cfg.ct_mean_std)
     schemes = {c["scheme"] for c in intensity}
     normalization = schemes.pop() if len(schemes) == 1 else "mixed"
-
-    median = median_preprocessed_shape(fingerprints, spacing, cfg.crop_foreground)
-    prefix = "crop_shape" if cfg.crop_foreground else "ras_shape"
-    voxels = np.prod([fingerprints[f"{prefix}_{i}"] * ras_spacing[:, i] / spacing[i] for i in range(3)], axis=0)
-    summary = {
-        "n_cases": int(len(fingerprints)),
-        "median_spacing": median_spacing,
-        "min_spacing": [float(v) for v in ras_spacing.min(axis=0)],
-        "max_spacing": [float(v) for v in ras_spacing.max(axis=0)],
-        "planned_spacing": list(planned),
-        "anisotropic": slow is not None,
-        "slow_axis": slow,
-        "single_axis": single,
-        "anisotropy_threshold": cfg.anisotropy_threshold,
-        "median_preprocessed_shape": [round(v, 2) for v in median],
-        "dataset_voxels": float(np.sum(voxels)),
-        "thickness_mm": _median_thickness(fingerprints),
-        "memory_budget_gb": cfg.memory_budget_gb,
-        "intensity": stats,
-    }
+    summary = _fingerprint_summary(fingerprints, planned, spacing, slow, single, stats, cfg)
     settings = {
-        "target_spacing": {
-            "value": list(spacing),
-            "source": "overridden" if cfg.target_spacing else "planned",
-            "reason": "set in the config" if cfg.target_spacing else _spacing_reason(slow, single, cfg),
-        },
-        "normalization": {
-            "value": [c["scheme"] for c in intensity],
-            "source": "planned" if cfg.normalization == "auto" else "overridden",
-            "reason": "per channel: CT -> dataset clip + z-score, else per-image z-score"
-            if cfg.normalization == "auto"
-            else "set in the config",
-        },
+        **_preprocess_settings(spacing, intensity, slow, single, cfg),
         **plan_settings(summary, spacing, study),
     }
     plan = Plan(
@@ -197,6 +158,83 @@ def make_plan(
     )
     logger.info("plan: %s", {k: v["value"] for k, v in settings.items() if k in ("dims", "patch_size", "epochs")})
     return plan
+
+
+def _input_channels(info: DatasetInfo, fingerprints: pd.DataFrame) -> int:
+    """The dataset's input channels: as declared, else the most any image has."""
+    if info.modalities_declared:  # 2D pictures of a grey dataset stored as RGB become grey, and back
+        return len(info.modalities)
+    return int(fingerprints["channels"].max()) if "channels" in fingerprints else max(len(info.modalities), 1)
+
+
+def _ras_spacings(fingerprints: pd.DataFrame) -> np.ndarray:
+    """Every case's spacing per RAS axis, ``(cases, 3)``."""
+    return fingerprints[[f"ras_spacing_{i}" for i in range(3)]].to_numpy(float)
+
+
+def _target_spacing(
+    fingerprints: pd.DataFrame, planned: Sequence[float], single: int | None, cfg: PreprocessConfig
+) -> tuple[float, float, float]:
+    """The configured spacing, else the planned one; a one-slice axis keeps its median spacing."""
+    spacing = list(cfg.target_spacing) if cfg.target_spacing else list(planned)
+    if single is not None:
+        median = float(np.median(_ras_spacings(fingerprints), axis=0)[single])
+        if cfg.target_spacing and spacing[single] != median:
+            logger.warning("target_spacing along axis %d ignored: one slice, not resampled", single)
+        spacing[single] = median
+    return _rounded(np.asarray(spacing, dtype=float))
+
+
+def _fingerprint_summary(
+    fingerprints: pd.DataFrame,
+    planned: Sequence[float],
+    spacing: Sequence[float],
+    slow: int | None,
+    single: int | None,
+    stats: list[dict[str, float]],
+    cfg: PreprocessConfig,
+) -> dict:
+    """The dataset in numbers, as the plan records it (``Plan.fingerprint``) and the settings read it."""
+    ras_spacing = _ras_spacings(fingerprints)
+    median = median_preprocessed_shape(fingerprints, spacing, cfg.crop_foreground)
+    prefix = "crop_shape" if cfg.crop_foreground else "ras_shape"
+    voxels = np.prod([fingerprints[f"{prefix}_{i}"] * ras_spacing[:, i] / spacing[i] for i in range(3)], axis=0)
+    return {
+        "n_cases": int(len(fingerprints)),
+        "median_spacing": [float(v) for v in np.median(ras_spacing, axis=0)],
+        "min_spacing": [float(v) for v in ras_spacing.min(axis=0)],
+        "max_spacing": [float(v) for v in ras_spacing.max(axis=0)],
+        "planned_spacing": list(planned),
+        "anisotropic": slow is not None,
+        "slow_axis": slow,
+        "single_axis": single,
+        "anisotropy_threshold": cfg.anisotropy_threshold,
+        "median_preprocessed_shape": [round(v, 2) for v in median],
+        "dataset_voxels": float(np.sum(voxels)),
+        "thickness_mm": _median_thickness(fingerprints),
+        "memory_budget_gb": cfg.memory_budget_gb,
+        "intensity": stats,
+    }
+
+
+def _preprocess_settings(
+    spacing: Sequence[float], intensity: list[dict], slow: int | None, single: int | None, cfg: PreprocessConfig
+) -> dict[str, dict]:
+    """The target spacing and normalisation settings, each with its source and reason."""
+    return {
+        "target_spacing": {
+            "value": list(spacing),
+            "source": "overridden" if cfg.target_spacing else "planned",
+            "reason": "set in the config" if cfg.target_spacing else _spacing_reason(slow, single, cfg),
+        },
+        "normalization": {
+            "value": [c["scheme"] for c in intensity],
+            "source": "planned" if cfg.normalization == "auto" else "overridden",
+            "reason": "per channel: CT -> dataset clip + z-score, else per-image z-score"
+            if cfg.normalization == "auto"
+            else "set in the config",
+        },
+    }
 
 
 def _median_thickness(fingerprints: pd.DataFrame) -> float | None:

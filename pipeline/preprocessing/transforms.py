@@ -96,21 +96,9 @@ def preprocessing(
     ``normalization`` for all channels (``zscore`` per image or ``none``; ``ct`` needs ``intensity``).
     Inference builds the same chain with ``preprocessing(with_label=False, **plan.transform_kwargs())``.
     """
-    from pipeline.preprocessing.plan import NormalizeChannelsd
-
-    interp = {"linear": "bilinear", "nearest": "nearest", "spline": 3}
-    for name, value in (("image_interp", image_interp), ("slow_axis_interp", slow_axis_interp)):
-        if value not in interp:
-            raise ValueError(f"{name} must be one of {list(interp)}, got {value!r}")
-    if label_interp not in ("nearest", "linear"):
-        raise ValueError(f"label_interp must be 'nearest' or 'linear', got {label_interp!r}")
-    if with_label and label_interp == "linear" and not num_classes:
-        raise ValueError("label_interp='linear' (one-hot) needs num_classes")
-    if intensity is None and normalization not in ("zscore", "none"):
-        raise ValueError(f"normalization {normalization!r} needs per-channel statistics (intensity=...)")
+    _check_options(image_interp, slow_axis_interp, label_interp, with_label, num_classes, intensity, normalization)
     keys = ["image", "label"] if with_label else ["image"]
     onehot = with_label and label_interp == "linear"
-    label_mode = "bilinear" if onehot else "nearest"
     chain: list = [
         load_images(keys),
         mt.EnsureChannelFirstd(keys),
@@ -122,23 +110,70 @@ def preprocessing(
     chain.append(mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if onehot:
         chain.append(mt.AsDiscreted("label", to_onehot=num_classes))
-    spacing = [float(s) for s in target_spacing]
-    grid = {"scale_extent": True, "align_corners": True}  # MONAI pairs scale_extent with align_corners
-    if slow_axis is None:
-        modes = [interp[image_interp], label_mode][: len(keys)]
-        chain.append(mt.Spacingd(keys, pixdim=spacing, mode=modes, dtype=np.float32, **grid))
-    else:
-        in_plane = [-1.0 if a == slow_axis else s for a, s in enumerate(spacing)]  # <= 0: keep the scan's spacing
-        along = [s if a == slow_axis else -1.0 for a, s in enumerate(spacing)]
-        for pixdim, mode in ((in_plane, image_interp), (along, slow_axis_interp)):
-            modes = [interp[mode], label_mode][: len(keys)]
-            chain.append(mt.Spacingd(keys, pixdim=pixdim, mode=modes, dtype=np.float32, **grid))
+    chain += _resampling(keys, target_spacing, slow_axis, image_interp, slow_axis_interp, onehot)
     if onehot:
         chain.append(mt.AsDiscreted("label", argmax=True))
     if crop_foreground:
         chain.append(mt.CropForegroundd(keys, source_key="image", select_fn=body_mask, allow_smaller=True))
-    if intensity is not None:
-        chain.append(NormalizeChannelsd("image", intensity))
-    elif normalization == "zscore":
-        chain.append(mt.NormalizeIntensityd("image", channel_wise=True))
+    chain += _normalization(intensity, normalization)
     return mt.Compose(chain)
+
+
+#: image interpolation setting -> MONAI ``Spacingd`` mode
+INTERP_MODES: dict[str, str | int] = {"linear": "bilinear", "nearest": "nearest", "spline": 3}
+
+
+def _check_options(
+    image_interp: str,
+    slow_axis_interp: str,
+    label_interp: str,
+    with_label: bool,
+    num_classes: int | None,
+    intensity: Sequence[dict] | None,
+    normalization: str,
+) -> None:
+    """``ValueError`` for an interpolation or normalisation :func:`preprocessing` cannot build."""
+    for name, value in (("image_interp", image_interp), ("slow_axis_interp", slow_axis_interp)):
+        if value not in INTERP_MODES:
+            raise ValueError(f"{name} must be one of {list(INTERP_MODES)}, got {value!r}")
+    if label_interp not in ("nearest", "linear"):
+        raise ValueError(f"label_interp must be 'nearest' or 'linear', got {label_interp!r}")
+    if with_label and label_interp == "linear" and not num_classes:
+        raise ValueError("label_interp='linear' (one-hot) needs num_classes")
+    if intensity is None and normalization not in ("zscore", "none"):
+        raise ValueError(f"normalization {normalization!r} needs per-channel statistics (intensity=...)")
+
+
+def _resampling(
+    keys: list[str],
+    target_spacing: Sequence[float],
+    slow_axis: int | None,
+    image_interp: str,
+    slow_axis_interp: str,
+    onehot: bool,
+) -> list[mt.Spacingd]:
+    """One ``Spacingd`` to ``target_spacing``; with a ``slow_axis``, the other axes first, then the slow axis."""
+    label_mode = "bilinear" if onehot else "nearest"
+    spacing = [float(s) for s in target_spacing]
+    grid = {"scale_extent": True, "align_corners": True}  # MONAI pairs scale_extent with align_corners
+    if slow_axis is None:
+        steps = [(spacing, image_interp)]
+    else:
+        in_plane = [-1.0 if a == slow_axis else s for a, s in enumerate(spacing)]  # <= 0: keep the scan's spacing
+        along = [s if a == slow_axis else -1.0 for a, s in enumerate(spacing)]
+        steps = [(in_plane, image_interp), (along, slow_axis_interp)]
+    return [
+        mt.Spacingd(keys, pixdim=pixdim, mode=[INTERP_MODES[mode], label_mode][: len(keys)], dtype=np.float32, **grid)
+        for pixdim, mode in steps
+    ]
+
+
+def _normalization(intensity: Sequence[dict] | None, normalization: str) -> list[mt.MapTransform]:
+    """Per-channel normalisation from the plan's ``intensity``, else per-image z-score (or nothing)."""
+    from pipeline.preprocessing.plan import NormalizeChannelsd
+
+    if intensity is not None:
+        return [NormalizeChannelsd("image", intensity)]
+    if normalization == "zscore":
+        return [mt.NormalizeIntensityd("image", channel_wise=True)]
+    return []
