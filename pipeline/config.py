@@ -99,6 +99,14 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class CvConfig:
+    """The folds ``dvc repro`` trains (stages ``sample@k``, ``train@k``, ``crossval@k``); ``[0]``: one, the cheap
+    default; every fold of ``split.folds``: a cross-validation, pooled out of fold, and a test-set ensemble."""
+
+    folds: tuple[int | Literal["all"], ...] = (0,)
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """The table of training samples for one fold of the split."""
 
@@ -107,7 +115,7 @@ class SampleConfig:
     mode: Literal["2d", "3d"] | None = None  # 2D slices or 3D patches
     slice_axis: Literal[0, 1, 2] | None = None  # 2D: RAS axis the slices are taken across
     patch_size: tuple[int, ...] | None = None  # 2 values in 2D, 3 in 3D
-    fold: int | Literal["all"] = 0  # "all": train on every non-test case, no validation (nnU-Net's fold "all")
+    fold: int | Literal["all"] = 0  # a stage run without --fold; "all": every non-test case trains, no validation
     seed: int = 0
     foreground_ratio: float | None = None  # share of samples centred on a foreground voxel
 
@@ -153,9 +161,9 @@ class InferenceConfig:
 class TrainConfig:
     """Training loop settings."""
 
-    out_dir: str = "models/model"
-    log_file: str = "metrics/train_log.csv"  # per-epoch learning curves (DVC plots)
-    checkpoint_dir: str = "models/checkpoint"  # last-epoch state; a killed run resumes from it
+    out_dir: str = "models/model"  # a folder of folds: fold k writes <out_dir>/fold_<k>/ (see for_fold)
+    log_file: str | None = None  # per-epoch learning curves; None: train_log.csv in the model folder
+    checkpoint_dir: str = "models/checkpoint"  # last-epoch state (per fold); a killed run resumes from it
     cache_gb: float = 4.0  # preprocessed volumes kept in memory; beyond this they are memory-mapped from disk
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -175,6 +183,11 @@ class TrainConfig:
     channels_last: bool = False  # channels-last memory format for the network and its batches (often faster)
     val_every: int = 2
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    @property
+    def log_path(self) -> str:
+        """Where the learning curves go: ``log_file``, else ``train_log.csv`` in the model folder."""
+        return self.log_file or f"{self.out_dir}/train_log.csv"
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -339,12 +353,44 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def stage_args(description: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
-    """Parse ``--config`` for a stage entry point and load it."""
+def fold_name(fold: int | str) -> str:
+    """``fold_3`` / ``fold_all``: the folder name of one fold's samples, model and checkpoint."""
+    return f"fold_{fold}"
+
+
+def for_fold(cfg: Config, fold: int | str) -> Config:
+    """One fold's config (``dvc repro`` runs the stages with ``--fold k``): samples, model folder (with its
+    learning curves), checkpoint and a set ``train.log_file`` each get a ``fold_k`` folder, so folds never
+    overwrite each other and each resumes on its own. Without ``--fold`` a stage uses the folders as configured.
+    """
+    name = fold_name(fold)
+    log = cfg.train.log_file
+    train = dataclasses.replace(
+        cfg.train,
+        out_dir=f"{cfg.train.out_dir}/{name}",
+        checkpoint_dir=f"{cfg.train.checkpoint_dir}/{name}",
+        log_file=str(Path(log).parent / name / Path(log).name) if log else None,
+    )
+    sample = dataclasses.replace(cfg.sample, fold=fold, out_dir=f"{cfg.sample.out_dir}/{name}")
+    return dataclasses.replace(cfg, sample=sample, train=train)
+
+
+def _fold_arg(value: str) -> int | str:
+    return "all" if value == "all" else int(value)
+
+
+def stage_args(
+    description: str, argv: list[str] | None = None, fold: bool = False
+) -> tuple[argparse.Namespace, Config]:
+    """Parse ``--config`` (and with ``fold``, ``--fold k``: the config of :func:`for_fold`) and load it."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="params file (default: %(default)s)")
+    if fold:
+        parser.add_argument("--fold", type=_fold_arg, default=None, help="fold index or 'all' (default: sample.fold)")
     args = parser.parse_args(argv)
     cfg = load(args.config)
+    if fold and args.fold is not None:
+        cfg = for_fold(cfg, args.fold)
     if cfg.data.max_voxels < 1:
         raise ConfigError(f"{args.config}: data.max_voxels must be >= 1, got {cfg.data.max_voxels}")
     from pipeline.core.readers import set_max_voxels  # every read of this process is bounded by it

@@ -60,8 +60,14 @@ def import_closure(module: str) -> dict[str, Path]:
     return seen
 
 
+def _body(stage: str) -> dict:
+    """A stage's definition (the ``do`` of a ``foreach`` stage such as ``train@k``)."""
+    definition = DVC_YAML["stages"][stage]
+    return definition.get("do", definition)
+
+
 def _code_deps(stage: str) -> list[str]:
-    return [d for d in DVC_YAML["stages"][stage].get("deps", []) if "${" not in d]
+    return [d for d in _body(stage).get("deps", []) if "${" not in d]
 
 
 def _covered(path: Path, deps: list[str]) -> bool:
@@ -70,7 +76,7 @@ def _covered(path: Path, deps: list[str]) -> bool:
 
 
 def _stage_module(stage: str) -> str:
-    cmd = DVC_YAML["stages"][stage]["cmd"]
+    cmd = _body(stage)["cmd"]
     match = re.search(r"python -m (pipeline(?:\.\w+)+)", cmd)
     assert match, f"dvc.yaml stage {stage}: cmd {cmd!r} does not run a pipeline module"
     return match[1]
@@ -95,8 +101,10 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(stage):
     assert not missing, f"dvc.yaml stage {stage} imports these modules but does not list them in deps: {missing}"
 
 
-def _resolve(text: str, params: dict) -> str:
+def _resolve(text: str, params: dict, item: object = None) -> str:
     def value(match: re.Match) -> str:
+        if match[1] == "item":
+            return str(item)
         node = params
         for key in match[1].split("."):
             node = node[key]
@@ -122,7 +130,7 @@ def _dvc(args: list[str], cwd: Path) -> str:
 
 
 def _stages_named(status: str) -> set[str]:
-    return set(re.findall(r"^(\w+):\s*$", status, re.MULTILINE))
+    return set(re.findall(r"^([\w@]+):\s*$", status, re.MULTILINE))
 
 
 @pytest.mark.slow
@@ -136,9 +144,11 @@ def test_editing_an_imported_module_makes_dvc_status_name_the_stage(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(["init", "-q"], repo)
     params = yaml.safe_load((repo / "configs" / "params.yaml").read_text())
-    for stage in DVC_YAML["stages"].values():  # every path a stage names exists, as a file or a folder
-        for entry in _entries(stage):
-            path = repo / _resolve(entry, params)
+    for name in STAGES:  # every path a stage names exists, as a file or a folder
+        stage = DVC_YAML["stages"][name]
+        items = [None] if "foreach" not in stage else yaml.safe_load(_resolve(stage["foreach"], params))
+        for entry, item in [(e, i) for e in _entries(_body(name)) for i in items]:
+            path = repo / _resolve(entry, params, item)
             if path.exists():
                 continue
             if path.suffix:
@@ -155,4 +165,5 @@ def test_editing_an_imported_module_makes_dvc_status_name_the_stage(tmp_path):
     named = _stages_named(_dvc(["status"], repo))
     users = {s for s in STAGES if "pipeline.sampling.patches" in import_closure(_stage_module(s))}
     assert "train" in users
+    named = {n.split("@")[0] for n in named}  # train@0 -> train
     assert users <= named, f"dvc status after editing patches.py names {sorted(named)}"

@@ -78,7 +78,7 @@ class FakePredictor:
 def _params(base: Path, name: str, **evaluate: object) -> dict:
     return {
         "data": {"root": str(base / "raw")},
-        "sample": {"out_dir": str(base / "samples")},
+        "split": {"file": str(base / "splits.json")},
         "train": {"out_dir": str(base / "model"), "log_file": str(base / "train_log.csv"), "seed": 5},
         "evaluate": {
             "predictions_dir": str(base / name / "pred"),
@@ -95,10 +95,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Dataset, split table, learning curves, a dvc.lock, and the working directory set to the study."""
     base = tmp_path_factory.mktemp("evaluate")
     _write_dataset(base / "raw")
-    (base / "samples").mkdir()
-    pd.DataFrame({"case_id": ["c0", "c1", "c2", "c3", "c4"], "split": ["test"] * 4 + ["train"]}).to_csv(
-        base / "samples" / "samples.csv", index=False
-    )
+    (base / "splits.json").write_text(json.dumps({"test": ["c0", "c1", "c2", "c3"], "folds": [["c4"], []]}))
     pd.DataFrame(
         {"epoch": [0, 1, 2], "train_loss": [1.0, 0.7, 0.5], "lr": [1e-3] * 3, "val_dice_mean": [0.3, 0.5, 0.6]}
     ).to_csv(base / "train_log.csv", index=False)
@@ -241,12 +238,12 @@ def test_hippocampus_evaluation_in_time_and_report_renders_offline(base: Path, t
     from test_report import CHROMIUM, assert_not_blank, screenshot
 
     info = read_msd(HIPPOCAMPUS)
-    (base / "hippo" / "samples").mkdir(parents=True)
+    (base / "hippo").mkdir(parents=True)
     ids = [c.case_id for c in info.cases[:60]]
-    pd.DataFrame({"case_id": ids, "split": "test"}).to_csv(base / "hippo" / "samples" / "samples.csv", index=False)
+    (base / "hippo" / "splits.json").write_text(json.dumps({"test": ids, "folds": [[], []]}))
     params = _params(base, "hippo")
     params["data"] = {"root": str(HIPPOCAMPUS)}
-    params["sample"] = {"out_dir": str(base / "hippo" / "samples")}
+    params["split"] = {"file": str(base / "hippo" / "splits.json")}
     params["evaluate"]["n_bootstrap"] = 2000
     t0 = time.perf_counter()
     summary = evaluate(from_dict(params), ShiftPredictor(info.labels))
@@ -316,10 +313,7 @@ def test_nrrd_and_metaimage_datasets_are_evaluated(tmp_path: Path, monkeypatch: 
             src.unlink()
             entry[key] = entry[key].replace(".nii.gz", suffix)
     (raw / "dataset.json").write_text(json.dumps(meta))
-    (tmp_path / "samples").mkdir()
-    pd.DataFrame({"case_id": ["c0", "c1", "c2", "c3"], "split": ["test"] * 4}).to_csv(
-        tmp_path / "samples" / "samples.csv", index=False
-    )
+    (tmp_path / "splits.json").write_text(json.dumps({"test": ["c0", "c1", "c2", "c3"], "folds": [[], []]}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = from_dict(_params(tmp_path, "itk"))

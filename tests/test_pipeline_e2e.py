@@ -6,9 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "synthetic": {"n_cases": 10},
-    "split": {"test_fraction": 0.3, "folds": 3},  # sample mode and patch: planned
+    "split": {"test_fraction": 0.3, "folds": 4},  # sample mode and patch: planned
     "train": {
         "epochs": 3,
         "iters_per_epoch": 4,
@@ -50,7 +52,7 @@ def _run(args: list[str], cwd: Path) -> str:
 
 
 def _stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([a-z]+)'", output))
+    return set(re.findall(r"Running stage '([a-z]+)", output))  # train@0 -> train
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,8 @@ def first_run(repo: Path) -> str:
 
 
 def test_every_stage_runs_and_writes_outputs(repo: Path, first_run: str) -> None:
-    assert _stages_run(first_run) == {"synthesize", "preprocess", "sample", "train", "evaluate"}
+    assert _stages_run(first_run) == {"synthesize", "preprocess", "sample", "train", "crossval", "pool", "evaluate"}
+    assert "Running stage 'train@0'" in first_run and "train@1" not in first_run  # the cheap 1-fold default
     params = yaml.safe_load((repo / "configs/params.yaml").read_text())
     per_case = pd.read_csv(repo / "metrics/per_case.csv")
     splits = json.loads((repo / "data/splits.json").read_text())
@@ -91,7 +94,7 @@ def test_every_stage_runs_and_writes_outputs(repo: Path, first_run: str) -> None
     summary = json.loads((repo / "metrics/summary.json").read_text())
     assert summary["mean_dice"] == pytest.approx(per_case.dice.mean(), abs=1e-9)
     assert summary["empty_policy"]["both_empty"] == 1.0
-    model_meta = json.loads((repo / "models/model/model.json").read_text())
+    model_meta = json.loads((repo / "models/model/fold_0/model.json").read_text())
     run_id = model_meta["mlflow"]["run_id"]
     with sqlite3.connect(repo / "mlflow.db") as db:
         logged = db.execute(
@@ -109,7 +112,7 @@ def test_every_stage_runs_and_writes_outputs(repo: Path, first_run: str) -> None
         assert pred.shape == image.shape
         np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
         assert np.issubdtype(pred.get_data_dtype(), np.integer)
-    log = pd.read_csv(repo / "metrics/train_log.csv")
+    log = pd.read_csv(repo / "models/model/fold_0/train_log.csv")
     assert len(log) == params["train"]["epochs"] and log.train_loss.notna().all()
 
 
@@ -128,7 +131,7 @@ def test_registered_model_predicts_the_masks_of_predict(
     monkeypatch.chdir(repo)  # the store keeps its artifacts under the project folder
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    meta = json.loads((repo / "models/model/model.json").read_text())
+    meta = json.loads((repo / "models/model/fold_0/model.json").read_text())
     summary = json.loads((repo / "metrics/summary.json").read_text())
     name = yaml.safe_load((repo / "configs/params.yaml").read_text())["mlflow"]["registered_model"]
     versions = mlflow.MlflowClient(uri).search_model_versions(f"name = '{name}'")
@@ -138,7 +141,8 @@ def test_registered_model_predicts_the_masks_of_predict(
 
     cid = json.loads((repo / "data/splits.json").read_text())["test"][0]
     scan = repo / "data/raw/synthetic/imagesTr" / f"{cid}.nii.gz"
-    assert predict.main(["--model", str(repo / "models/model"), "--input", str(scan), "--output", str(tmp_path)]) == 0
+    fold_0 = str(repo / "models/model/fold_0")  # the registered model: fold 0's folder
+    assert predict.main(["--model", fold_0, "--input", str(scan), "--output", str(tmp_path)]) == 0
     loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     [labels] = loaded.predict([str(scan)])
     expected = np.asarray(nib.load(tmp_path / f"{cid}.nii.gz").dataobj)
@@ -160,16 +164,17 @@ def test_collaborator_round_trip_through_a_dvc_remote(repo: Path, first_run: str
     show = [sys.executable, "-m", "dvc", "metrics", "show", "--json"]
     shown = [json.loads(subprocess.run(show, cwd=r, capture_output=True, text=True).stdout) for r in (repo, clone)]
     assert shown[0] == shown[1] and "mean_dice" in json.dumps(shown[1])
-    assert (clone / "models/model/model.pt").read_bytes() == (repo / "models/model/model.pt").read_bytes()
+    weights = "models/model/fold_0/model.pt"
+    assert (clone / weights).read_bytes() == (repo / weights).read_bytes()
 
 
-def test_training_change_reruns_only_train_and_evaluate(repo: Path, first_run: str) -> None:
+def test_training_change_reruns_only_train_and_evaluation(repo: Path, first_run: str) -> None:
     params_path = repo / "configs/params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["train"]["lr"] = 0.002
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo)
-    assert _stages_run(out) == {"train", "evaluate"}, out
+    assert _stages_run(out) == {"train", "crossval", "pool", "evaluate"}, out
 
 
 def test_3d_mode_end_to_end(repo: Path, first_run: str) -> None:
@@ -178,7 +183,72 @@ def test_3d_mode_end_to_end(repo: Path, first_run: str) -> None:
     out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "configs/params.yaml:sample.mode=3d"], repo)
     assert {"sample", "train", "evaluate"} <= _stages_run(out)
     assert "preprocess" not in _stages_run(out)
-    meta = json.loads((repo / "models/model/model.json").read_text())
+    meta = json.loads((repo / "models/model/fold_0/model.json").read_text())
     assert meta["spatial_dims"] == 3
     per_case = pd.read_csv(repo / "metrics/per_case.csv")
     assert per_case.dice.between(0, 1).all() and len(per_case) == 6
+
+
+def test_cross_validation_killed_in_fold_3_resumes_fold_3_only(repo: Path, first_run: str) -> None:
+    """cv.folds [0..3]: every fold trains as train@k; kill -9 during fold 3, rerun: only fold 3 resumes."""
+    from pipeline.training.trainer import CHECKPOINT
+
+    params_path = repo / "configs/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["sample"]["mode"] = "2d"
+    params["train"] |= {"epochs": 6, "iters_per_epoch": 2}
+    params["cv"] = {"folds": [0, 1, 2, 3]}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = repo / "models/checkpoint/fold_3" / CHECKPOINT
+    deadline = time.monotonic() + 900
+    while _checkpoint_epoch(ckpt) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the repro finished before fold 3 could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process it started
+    proc.wait()
+    killed_at = _checkpoint_epoch(ckpt)
+    assert 1 <= killed_at < 5
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {"train@0", "train@1", "train@2"} <= set(lock) and "train@3" not in lock
+    (repo / ".dvc/tmp/rwlock").unlink(missing_ok=True)  # left by the killed dvc process
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo)
+    ran = set(re.findall(r"Running stage '([a-z]+@?[0-9]*)'", out))
+    assert "train@3" in ran and not {"train@0", "train@1", "train@2"} & ran, out
+    assert {"crossval@3", "pool", "evaluate"} <= ran, out
+    assert f"resuming from models/checkpoint/fold_3/{CHECKPOINT} after epoch {killed_at}" in out
+    # the pooled out-of-fold table: every non-test case exactly once, with its fold
+    splits = json.loads((repo / "data/splits.json").read_text())
+    oof = pd.read_csv(repo / "metrics/cv/per_case.csv")
+    assert oof.groupby(["case_id", "class_name"]).size().eq(1).all()
+    cases = oof.drop_duplicates("case_id")
+    assert sorted(cases.case_id) == sorted(c for f in splits["folds"] for c in f)
+    assert all(c in splits["folds"][f] for c, f in zip(cases.case_id, cases.fold, strict=True))
+    cv = json.loads((repo / "metrics/cv/summary.json").read_text())
+    assert cv["complete"] and set(cv["folds"]) == {"fold_0", "fold_1", "fold_2", "fold_3"}
+    post = json.loads((repo / "models/model/postprocessing.json").read_text())
+    assert set(post["classes"]) == set(oof.class_name) and post == cv["postprocessing"]
+    # the test set: the ensemble of the four folds beside fold 0 alone
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert summary["ensemble"]["folds"] == ["fold_0", "fold_1", "fold_2", "fold_3"]
+    assert summary["ensemble"]["n_pairs"] == summary["n_cases"]
+    report = (repo / "metrics/report.html").read_text()
+    assert "Cross-validation (out-of-fold)" in report and "Ensemble vs single fold" in report
+    assert "Methods and results" in report and "The ensemble of 4 folds" in report
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    import torch
+
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - not written yet or being replaced
+        return -1

@@ -310,3 +310,69 @@ def test_predictions_carry_no_patient_data_from_nifti_or_nrrd_headers(model: Pat
         assert mask.header["descrip"].item() == b"" and len(mask.header.extensions) == 0
         assert b"Doe" not in gzip.decompress((out / name).read_bytes())[:4096], name
     assert_same_grid(out / "nii.nii.gz", scans / "nii.nii.gz")
+
+
+def decisive_model_folder(path: Path, seed: int) -> Path:
+    """:func:`model_folder` with its output layer scaled up, so its probabilities are far from 0.5."""
+    from pipeline.inference.model_folder import load_model_folder
+
+    net, meta = load_model_folder(model_folder(path, seed=seed))
+    last = [p for p in net.parameters() if p.ndim > 1 and 2 in p.shape[:2]][-1]
+    with torch.no_grad():
+        last.mul_(40.0)
+    return save_model_folder(path, net, {k: v for k, v in meta.items() if k != "weights_sha256"})
+
+
+def test_two_fold_folders_predict_the_argmax_of_their_mean_probabilities(tmp_path: Path) -> None:
+    folds = tmp_path / "models"
+    a, b = decisive_model_folder(folds / "fold_0", seed=1), decisive_model_folder(folds / "fold_1", seed=2)
+    scan = small_scan(tmp_path / "scan.nii.gz", seed=3)
+    probs, labels = {}, {}
+    for name, models in (("a", [a]), ("b", [b]), ("ab", [a, b]), ("folder", [folds])):
+        out = tmp_path / name
+        args = ["--model", *map(str, models), "--input", str(scan), "--output", str(out), "--probabilities"]
+        assert main([*args, "--device", "cpu"]) == 0
+        probs[name] = np.asarray(nib.load(out / "scan_probabilities.nii.gz").dataobj) * 255.0  # stored uint8
+        labels[name] = np.asarray(nib.load(out / "scan.nii.gz").dataobj)
+    mean = (probs["a"] + probs["b"]) / 2
+    assert not np.array_equal(probs["a"], probs["b"])  # two different networks
+    np.testing.assert_allclose(probs["ab"], mean, atol=1.01)  # uint8 probabilities: one rounding step
+    top2 = np.sort(mean, axis=-1)
+    clear = top2[..., -1] - top2[..., -2] > 2  # away from rounding ties
+    assert clear.mean() > 0.5 and 0.05 < mean.argmax(-1).mean() < 0.95  # both classes predicted
+    assert (labels["a"] != labels["b"]).any()  # the members disagree somewhere: the mean decides there
+    np.testing.assert_array_equal(labels["ab"][clear], mean.argmax(-1)[clear])
+    np.testing.assert_array_equal(labels["folder"], labels["ab"])  # a folder of folds: the same ensemble
+
+
+def test_ensemble_refuses_folders_with_different_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    a, b = model_folder(tmp_path / "fold_0", seed=1), model_folder(tmp_path / "fold_1", seed=2)
+    meta = json.loads((b / "model.json").read_text())
+    meta["labels"] = {"0": "background", "1": "tumour"}
+    meta["plan"]["labels"] = meta["labels"]
+    (b / "model.json").write_text(json.dumps(meta))
+    scan = small_scan(tmp_path / "scan.nii.gz", seed=3)
+    with caplog.at_level(logging.ERROR):
+        code = main(["--model", str(a), str(b), "--input", str(scan), "--output", str(tmp_path / "out")])
+    assert code == 2 and "fold_1: labels differ from" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_folds_applies_its_out_of_fold_postprocessing(tmp_path: Path) -> None:
+    import json
+
+    from pipeline.inference.postprocess import keep_largest_component
+
+    folds = tmp_path / "models"
+    decisive_model_folder(folds / "fold_0", seed=1), decisive_model_folder(folds / "fold_1", seed=2)
+    scan = small_scan(tmp_path / "scan.nii.gz", seed=3)
+    plain = Predictor([folds / "fold_0", folds / "fold_1"], "cpu").predict(Case("scan", (scan,))).labels
+    (folds / "postprocessing.json").write_text(json.dumps({"keep_largest_component": [1]}))
+    chosen = Predictor(folds, "cpu")
+    assert chosen.keep_largest == [1]
+    labels = chosen.predict(Case("scan", (scan,))).labels
+    np.testing.assert_array_equal(labels, keep_largest_component(plain.copy(), [1]))
+    assert not np.array_equal(labels, plain)  # the choice changed the written mask
+    assert Predictor(folds, "cpu", keep_largest=False).keep_largest == []  # the command line wins

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,14 +22,24 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.config import Config, EvaluateConfig, to_dict
+from pipeline.config import Config, EvaluateConfig, fold_name, to_dict
 from pipeline.core import io
 from pipeline.core.cases import Case
 from pipeline.core.dataset import read_dataset
 from pipeline.core.labels import to_classes
 from pipeline.core.readers import read_array
+from pipeline.core.splits import read_splits
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
+from pipeline.evaluation.ensemble import (
+    ENSEMBLE_FILE,
+    chosen_postprocessing,
+    ensemble_summary,
+    ensemble_vs_single,
+    fold_config,
+    fold_model_dirs,
+)
 from pipeline.evaluation.lineage import lineage_tags
+from pipeline.evaluation.methods import results_sections
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 from pipeline.evaluation.plots import Overlay
 from pipeline.evaluation.report import case_ranking, pick_cases, write_report
@@ -37,7 +47,6 @@ from pipeline.evaluation.tracking import public_config, register_model, run
 from pipeline.inference.masks import save_mask
 from pipeline.inference.model_folder import sha256
 from pipeline.inference.predictor import Predictor
-from pipeline.sampling.locations import read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -54,69 +63,131 @@ class CasePredictor(Protocol):
     def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]: ...
 
 
+def label_values(meta: dict) -> tuple[int, ...]:
+    """The stored label value of each class (empty: the classes themselves), from a model's metadata."""
+    return tuple(meta.get("plan", {}).get("label_values") or ())
+
+
+def predict_cases(
+    cases: Sequence[Case], predictor: CasePredictor, desc: str = "evaluate"
+) -> Iterator[tuple[Case, np.ndarray, nib.Nifti1Image, float]]:
+    """``(case, prediction, reference image, seconds)`` per case, predicted from its raw scan."""
+    for case in tqdm(cases, desc=desc, unit="case"):
+        t0 = time.monotonic()
+        pred, reference = predictor.predict_case(case)
+        yield case, pred, reference, round(time.monotonic() - t0, 3)
+
+
+def score_case(
+    case: Case, pred: np.ndarray, labels: dict[int, str], values: Sequence[int], e: EvaluateConfig, extra: dict
+) -> tuple[list[dict], bool]:
+    """One row per class of one predicted case (:func:`case_metrics`) after its provenance and ``extra`` columns
+    (group, fold, predict_seconds, ...); and whether the case is a 2D picture without physical spacing."""
+    ref_data, ref_header = read_array(case.label)
+    ref = to_classes(ref_data, tuple(values)).reshape(pred.shape)
+    spacing = [float(z) for z in ref_header.spacing[:3]]
+    picture = not ref_header.physical_spacing
+    if picture and pred.ndim == 3 and pred.shape[2] == 1:  # 2D metrics (contours, not slabs), in pixels
+        pred, ref, spacing = pred[..., 0], ref[..., 0], spacing[:2]
+    provenance = {**case_provenance(case), **extra}
+    metrics = case_metrics(pred, ref, spacing, labels, e.nsd_tolerance_mm, empty_policy(e))
+    return [{**provenance, **m} for m in metrics], picture
+
+
+def score_cases(
+    cases: Sequence[Case],
+    predictor: CasePredictor,
+    e: EvaluateConfig,
+    predictions_dir: str | Path | None = None,
+    desc: str = "evaluate",
+) -> tuple[pd.DataFrame, dict[str, Path], bool]:
+    """Predict each case from its raw scan and score it: the per-case table (one row per case and class; a
+    ``group`` column when any case has one), the masks written (when ``predictions_dir`` is given) and whether
+    any case is a 2D picture without physical spacing."""
+    labels = {int(k): v for k, v in predictor.meta["labels"].items()}
+    values = label_values(predictor.meta)
+    grouped = any(c.group for c in cases)
+    rows: list[dict] = []
+    written: dict[str, Path] = {}
+    pictures = False
+    for case, pred, reference, seconds in predict_cases(cases, predictor, desc):
+        if predictions_dir is not None:
+            written[case.case_id] = save_mask(pred, reference, case.images[0], predictions_dir, case.case_id, values)
+        extra = {**({"group": case.group or ""} if grouped else {}), "predict_seconds": seconds}
+        case_rows, picture = score_case(case, pred, labels, values, e, extra)
+        rows += case_rows
+        pictures |= picture
+    return pd.DataFrame(rows), written, pictures
+
+
 def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     """Predict and score the test split; write the per-case table, summary and report; log to MLflow.
 
-    ``predictor`` defaults to the model folder ``cfg.train.out_dir``; tests pass a stand-in.
+    ``predictor`` defaults to the trained fold model folders (:func:`~pipeline.evaluation.ensemble.fold_model_dirs`):
+    one model, or with several folds their ensemble, then also scored beside the first fold alone. Tests pass a
+    stand-in.
     """
     e = cfg.evaluate
     info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
-    samples = read_samples(cfg.sample.out_dir)
-    test_ids = set(samples.loc[samples.split == "test", "case_id"].astype(str))
+    test_ids = set(read_splits(cfg.split.file)["test"])
     cases = [c for c in info.cases if c.case_id in test_ids]
     if not cases:
         raise SystemExit("evaluate: the split has no test cases; raise split.test_fraction")
+    folders = fold_model_dirs(cfg)
     if predictor is None:
-        predictor = Predictor(cfg.train.out_dir)
+        predictor = Predictor([folder for _, folder in folders], keep_largest=chosen_postprocessing(cfg))
     labels = {int(k): v for k, v in predictor.meta["labels"].items()}
-    values = tuple(predictor.meta.get("plan", {}).get("label_values") or ())  # stored value of each class
-    policy = empty_policy(e)
-    written: dict[str, Path] = {}
-    pictures = []  # per case: a 2D picture without physical spacing
-    rows = []
-    for case in tqdm(cases, desc="evaluate", unit="case"):
-        t0 = time.monotonic()
-        pred, reference = predictor.predict_case(case)
-        seconds = time.monotonic() - t0
-        written[case.case_id] = save_mask(pred, reference, case.images[0], e.predictions_dir, case.case_id, values)
-        ref_data, ref_header = read_array(case.label)
-        ref = to_classes(ref_data, values).reshape(pred.shape)
-        spacing = [float(z) for z in ref_header.spacing[:3]]
-        pictures.append(not ref_header.physical_spacing)
-        scored = pred
-        if pictures[-1] and pred.ndim == 3 and pred.shape[2] == 1:  # 2D metrics (contours, not slabs), in pixels
-            scored, ref, spacing = pred[..., 0], ref[..., 0], spacing[:2]
-        provenance = {**case_provenance(case), "predict_seconds": round(seconds, 3)}
-        for m in case_metrics(scored, ref, spacing, labels, e.nsd_tolerance_mm, policy):
-            rows.append({**provenance, **m})
-    per_case = pd.DataFrame(rows)
-    summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=policy)
+    per_case, written, pictures = score_cases(cases, predictor, e, e.predictions_dir)
+    summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=empty_policy(e))
     summary["n_cases"] = len(cases)
-    summary["physical_spacing"] = not any(pictures)  # False: distances in pixels (see the report)
+    summary["physical_spacing"] = not pictures  # False: distances in pixels (see the report)
     metrics_dir = Path(e.metrics_dir)
+    ensemble = _against_single_fold(cfg, cases, per_case, folders, predictor.meta)
+    if ensemble is not None:
+        summary["ensemble"] = ensemble_summary(ensemble, [f for f, _ in folders], folders[0][0])
     tags = lineage_tags(cfg, device=str(predictor.device), model_meta=predictor.meta)
     ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
     by_id = {c.case_id: c for c in cases}
+    values = label_values(predictor.meta)
     overlays = (  # a generator: the report draws one case at a time
         load_overlay(by_id[cid], written[cid], role, float(ranking[cid]), values)
         for role, cid in pick_cases(per_case).items()
     )
+    first = fold_config(cfg, folders[0][0])
     write_results(
         metrics_dir,
         per_case,
         summary,
         config=public_config(to_dict(cfg)),
         lineage=tags,
-        train_log=read_train_log(cfg.train.log_file),
+        train_log=read_train_log(first.train.log_path),
         overlays=overlays,
         class_names=labels,
         title=f"Evaluation of {len(cases)} test cases ({info.name})",
         settings=predictor.meta.get("settings"),
         training=predictor.meta.get("training"),
+        extra_sections=lambda: results_sections(cfg, [f for _, f in folders]),
     )
     _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags)
     logger.info("mean Dice %.4f over %d test cases", summary["mean_dice"], len(cases))
     return summary
+
+
+def _against_single_fold(
+    cfg: Config, cases: Sequence[Case], per_case: pd.DataFrame, folders: list[tuple[Any, Path]], meta: dict
+) -> pd.DataFrame | None:
+    """With an ensemble of folds: the first fold alone on the same cases, compared case by case (written to
+    ``ensemble_vs_single.csv``); else None (and the file left empty)."""
+    path = Path(cfg.evaluate.metrics_dir) / ENSEMBLE_FILE
+    if len(folders) < 2 or "ensemble" not in meta:
+        io.write_text(path, "")  # a DVC output either way: empty without an ensemble
+        return None
+    fold, folder = folders[0]
+    alone = Predictor(folder, keep_largest=chosen_postprocessing(cfg))
+    single = score_cases(cases, alone, cfg.evaluate, desc=f"evaluate {fold_name(fold)} alone")[0]
+    table = ensemble_vs_single(per_case, single, cfg.evaluate, [f for f, _ in folders], fold)
+    io.write_csv(path, table)
+    return table
 
 
 def empty_policy(e: EvaluateConfig) -> EmptyPolicy:
@@ -129,12 +200,15 @@ def write_results(metrics_dir: str | Path, per_case: pd.DataFrame, summary: dict
     """Write ``per_case.csv``, ``summary.json``, the DVC plot table and the HTML report into ``metrics_dir``.
 
     ``report`` holds the keyword arguments of :func:`pipeline.evaluation.report.build_report` (overlays,
-    config, lineage, train_log, class_names, title). Used by the evaluate stage and ``pipeline.tools.score``.
+    config, lineage, train_log, class_names, title; ``extra_sections`` may be a callable, called once the tables and
+    summary are written, so sections can read them). Used by the evaluate stage and ``pipeline.tools.score``.
     """
     metrics_dir = Path(metrics_dir)
     io.write_csv(metrics_dir / "per_case.csv", per_case)
     io.write_json(metrics_dir / "summary.json", summary)
     io.write_csv(metrics_dir / DICE_PLOT_FILE, dice_plot_table(per_case))
+    if callable(report.get("extra_sections")):
+        report["extra_sections"] = report["extra_sections"]()
     write_report(metrics_dir / REPORT_FILE, per_case, summary, **report)
     return metrics_dir
 
@@ -201,8 +275,11 @@ def load_overlay(
 def summary_metrics(summary: dict) -> dict[str, float]:
     """Flatten the summary into MLflow metric names, e.g. ``test.organ.dice.mean``."""
     out = {"test.mean_dice": summary["mean_dice"]}
+    for key, value in (summary.get("ensemble") or {}).items():  # ensemble vs single fold
+        if isinstance(value, (int, float)):
+            out[f"test.ensemble_vs_single.{key}"] = float(value)
     for cls, stats in summary.items():
-        if cls in ("bootstrap", "empty_policy") or not isinstance(stats, dict):
+        if cls in ("bootstrap", "empty_policy", "ensemble") or not isinstance(stats, dict):
             continue
         for metric, values in stats.items():
             for stat, value in values.items():
@@ -229,7 +306,9 @@ def _log_to_mlflow(
         for name in ("per_case.csv", "summary.json", REPORT_FILE):
             tracker.log_artifact(metrics_dir / name, folder)
         logger.info("logged the evaluation to MLflow run %s (%s)", tracker.run_id, tracker.uri)
-        if cfg.mlflow.registered_model and tracker.run_id == run_id:  # the run that logged the model
+        if "ensemble" in meta:  # the registry holds one model folder per version, not a fold ensemble
+            logger.info("the ensemble of %d folds is not registered (predict with its folder)", len(meta["ensemble"]))
+        elif cfg.mlflow.registered_model and tracker.run_id == run_id:  # the run that logged the model
             tags = {k: v for k, v in summary_metrics(summary).items() if k.count(".") <= 1 or k.endswith(".mean")}
             tags |= {"test.n_cases": summary.get("n_cases"), "weights_sha256": meta.get("weights_sha256", "")}
             register_model(tracker.connection_uri, cfg.mlflow.registered_model, run_id, tags)

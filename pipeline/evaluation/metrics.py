@@ -208,9 +208,30 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _describe(values: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, Any]:
-    """Descriptive statistics plus percentile-bootstrap 95% CI of the mean (NaNs excluded)."""
-    x = values[~np.isnan(values)]
+def _bootstrap_means(x: np.ndarray, n_bootstrap: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """Means of ``n_bootstrap`` resamples of ``x``: of its values, or of whole groups when ``groups`` is given."""
+    rng = np.random.default_rng(seed)
+    if groups is not None:  # a cluster bootstrap: resample groups, the mean over their pooled values
+        _, codes = np.unique(groups.astype(str), return_inverse=True)
+        sums, counts = np.bincount(codes, weights=x), np.bincount(codes).astype(np.float64)
+        draws = rng.integers(0, sums.size, size=(n_bootstrap, sums.size))
+        return sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    n = x.size
+    means = np.empty(n_bootstrap, dtype=np.float64)
+    chunk = max(1, 2_000_000 // n)  # bound memory of the index matrix
+    for start in range(0, n_bootstrap, chunk):
+        stop = min(start + chunk, n_bootstrap)
+        means[start:stop] = x[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    return means
+
+
+def _describe(values: np.ndarray, n_bootstrap: int, seed: int, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """Descriptive statistics plus percentile-bootstrap 95% CI of the mean (NaNs excluded).
+
+    With ``groups`` (one label per value: the patient or site), the bootstrap resamples whole groups.
+    """
+    valid = ~np.isnan(values)
+    x = values[valid]
     n = int(x.size)
     keys = ("mean", "std", "median", "iqr", "min", "max", "ci95_low", "ci95_high")
     if n == 0:
@@ -228,15 +249,21 @@ def _describe(values: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, Any]
         "ci95_high": None,
     }
     if n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        means = np.empty(n_bootstrap, dtype=np.float64)
-        chunk = max(1, 2_000_000 // n)  # bound memory of the index matrix
-        for start in range(0, n_bootstrap, chunk):
-            stop = min(start + chunk, n_bootstrap)
-            means[start:stop] = x[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        means = _bootstrap_means(x, n_bootstrap, seed, None if groups is None else np.asarray(groups)[valid])
         lo, hi = np.percentile(means, [2.5, 97.5])
         out["ci95_low"], out["ci95_high"] = _json_float(lo), _json_float(hi)
     return out
+
+
+def _groups(rows: pd.DataFrame) -> np.ndarray | None:
+    """The bootstrap's resampling unit per row: its ``group`` (else its case), or None without a group column."""
+    if "group" not in rows.columns:
+        return None
+    groups = rows["group"].astype("string").replace("", pd.NA)
+    if not groups.notna().any():
+        return None
+    own = "case:" + (rows["case_id"] if "case_id" in rows.columns else rows.index.to_series()).astype(str)
+    return groups.fillna(own).to_numpy(dtype=str)
 
 
 def summarize(
@@ -250,7 +277,8 @@ def summarize(
 
     Returns ``{class_name: {metric: {mean, std, median, iqr, min, max, n, ci95_low, ci95_high}},
     "mean_dice": ..., "bootstrap": {"n", "seed"}, ["empty_policy": ...]}``. NaNs are excluded
-    (``n`` counts non-missing values); ``std`` is the sample std (ddof=1). Each (class, metric)
+    (``n`` counts non-missing values); ``std`` is the sample std (ddof=1). With a ``group`` column (patient
+    or site; empty: the case is its own group), the bootstrap resamples whole groups. Each (class, metric)
     bootstrap uses a fresh ``numpy.random.default_rng(seed)``, so results do not depend on which
     other classes/metrics are summarised. Everything is plain Python (NaN -> None).
     """
@@ -268,8 +296,9 @@ def summarize(
         name = str(class_name)
         if name in _RESERVED_SUMMARY_KEYS:
             raise ValueError(f"class name {name!r} collides with a reserved summary key")
+        groups = _groups(group)
         summary[name] = {
-            m: _describe(pd.to_numeric(group[m], errors="coerce").to_numpy(np.float64), n_bootstrap, seed)
+            m: _describe(pd.to_numeric(group[m], errors="coerce").to_numpy(np.float64), n_bootstrap, seed, groups)
             for m in metrics
         }
         if "dice" in group.columns:

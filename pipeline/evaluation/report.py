@@ -118,7 +118,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) 
 def _summary_section(summary: Mapping[str, Any]) -> str:
     rows = []
     for cls, stats in summary.items():
-        if not isinstance(stats, Mapping) or cls in ("bootstrap", "empty_policy"):
+        if not isinstance(stats, Mapping) or cls in ("bootstrap", "empty_policy", "ensemble"):
             continue
         for metric, s in stats.items():
             if not isinstance(s, Mapping):
@@ -217,6 +217,7 @@ def build_report(
     n_worst: int = 10,
     settings: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    extra_sections: Sequence[str] = (),
 ) -> str:
     """The whole report as one HTML string (images embedded, nothing fetched).
 
@@ -225,7 +226,8 @@ def build_report(
     the learning-curve table (may be None), ``overlays`` the cases to draw (any iterable: a generator
     keeps one case's volumes in memory at a time), ``class_names`` the label index -> name mapping
     (derived from ``per_case`` when omitted), ``settings`` and ``training`` the model folder's planned
-    settings and run record (``model.json``).
+    settings and run record (``model.json``), ``extra_sections`` HTML placed after the summary (the methods
+    paragraph, the cross-validation table and the ensemble row of :mod:`pipeline.evaluation.methods`).
     """
     if class_names is None:
         class_names = _class_names(per_case)
@@ -235,6 +237,7 @@ def build_report(
             '<p class="note">The images are 2D pictures with no physical spacing: HD95, ASSD and the NSD '
             "tolerance are in pixels (labelled mm), volumes in thousands of pixels (labelled mL).</p>"
         )
+    sections += [x for x in extra_sections if x]
     has_log = train_log is not None and not train_log.empty
     curves = [_img(learning_curves_png(train_log), "learning curves")] if has_log else []
     sections += _section("Learning curves", curves, "No training log available.")

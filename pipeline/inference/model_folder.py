@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from pipeline.networks.factory import build_model
 
 WEIGHTS = "model.pt"
 META = "model.json"
+POSTPROCESSING = "postprocessing.json"  # chosen on out-of-fold predictions (pipeline.evaluation.crossval)
 FORMAT_VERSION = 1
 
 
@@ -117,3 +119,64 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
             f"{weights}: weights do not fit the network in {META}: {str(err).splitlines()[0]}"
         ) from None
     return model.to(device).eval(), meta
+
+
+# ------------------------------------------------------------------------------------------- ensembles
+
+#: what every member of an ensemble must share: probabilities are averaged per window of one preprocessed volume
+ENSEMBLE_KEYS = ("labels", "in_channels", "num_classes", "plan", "spatial_dims", "patch_size", "slice_axis")
+
+
+def _fold_order(path: Path) -> tuple[int, str]:
+    tail = path.name.rsplit("_", 1)[-1]
+    return (int(tail), path.name) if tail.isdigit() else (1 << 30, path.name)
+
+
+def model_folders(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The model folders ``paths`` name: each a model folder, or a folder of them (``fold_0/``, ``fold_1/``, ...)."""
+    out: list[Path] = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        if not path.is_dir() or (path / META).is_file():
+            out.append(path)  # read_meta names what is wrong with it
+            continue
+        members = sorted((d for d in path.iterdir() if d.is_dir() and (d / META).is_file()), key=_fold_order)
+        if not members:
+            raise ModelFolderError(f"{path}: neither a model folder ({META}) nor a folder of model folders")
+        out += members
+    if not out:
+        raise ModelFolderError("no model folder given")
+    return out
+
+
+def check_ensemble(members: Sequence[tuple[Path, dict]]) -> None:
+    """Refuse model folders that cannot be averaged: a different plan, labels, channels or window."""
+    first_path, first = members[0]
+    for path, meta in members[1:]:
+        for key in ENSEMBLE_KEYS:
+            if meta.get(key) != first.get(key):
+                values = "" if key == "plan" else f" ({meta.get(key)!r} vs {first.get(key)!r})"
+                raise ModelFolderError(
+                    f"{path}: {key} differ{'s' if key == 'plan' else ''} from {first_path}{values}; "
+                    "an ensemble needs models trained on the same plan, labels and channels"
+                )
+
+
+def load_ensemble(
+    paths: str | Path | Sequence[str | Path], device: str | torch.device = "cpu"
+) -> tuple[list[torch.nn.Module], dict]:
+    """Load one or several model folders (or folders of folds) for probability averaging.
+
+    Returns the networks and the first folder's metadata, with ``ensemble`` listing every member folder when
+    there is more than one, and ``postprocessing`` when the one folder given holds a ``postprocessing.json``.
+    """
+    folders = model_folders(paths)
+    check_ensemble([(f, read_meta(f)) for f in folders])
+    loaded = [load_model_folder(f, device) for f in folders]
+    meta = dict(loaded[0][1])
+    if len(folders) > 1:
+        meta["ensemble"] = [str(f) for f in folders]
+    given = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if len(given) == 1 and (given[0] / POSTPROCESSING).is_file():  # a model folder or a folder of folds
+        meta["postprocessing"] = json.loads((given[0] / POSTPROCESSING).read_text())
+    return [m for m, _ in loaded], meta

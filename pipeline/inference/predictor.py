@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from pipeline.core.geometry import native_mapping, resample_to_native
 from pipeline.core.readers import Header
 from pipeline.core.readers.monai_reader import load_image
 from pipeline.core.validation import check_scan
-from pipeline.inference.model_folder import load_model_folder
+from pipeline.inference.model_folder import load_ensemble
 from pipeline.inference.postprocess import keep_largest_component
 from pipeline.inference.windows import WindowPredictor, build_inferer, default_device, mirror_axes
 from pipeline.preprocessing.plan import Plan
@@ -45,7 +46,6 @@ from pipeline.preprocessing.transforms import preprocessing
 from pipeline.sampling.augment import window_dims
 
 logger = logging.getLogger(__name__)
-
 
 
 class UnreadableScanError(ValueError):
@@ -107,21 +107,24 @@ class Prediction:
 class Predictor:
     """Runs a trained model folder on scans and returns label maps on each scan's own voxel grid.
 
-    ``Predictor(model_dir)`` loads a model folder (see :mod:`pipeline.inference.model_folder`). Tests and tools
-    may instead pass an already built ``model`` with its ``meta`` (same keys as ``model.json``).
-    ``mirror_tta``, ``keep_largest`` and ``half_precision`` (None: by volume size) override the folder's
-    inference settings.
+    ``Predictor(model_dir)`` loads a model folder (see :mod:`pipeline.inference.model_folder`); a folder of
+    model folders (``fold_0/``, ``fold_1/``, ...) or a list of them is an ensemble whose probabilities are
+    averaged (:func:`~pipeline.inference.model_folder.load_ensemble` refuses members that differ in plan,
+    labels or channels). Tests and tools may instead pass an already built ``model`` with its ``meta`` (same
+    keys as ``model.json``). ``mirror_tta``, ``keep_largest`` (True, False or a list of classes; None: the
+    ``postprocessing.json`` chosen out of fold, else the folder's setting) and ``half_precision`` (None: by
+    volume size) override the folder's inference settings.
     """
 
     def __init__(
         self,
-        model_dir: str | Path | None = None,
+        model_dir: str | Path | Sequence[str | Path] | None = None,
         device: str | torch.device | None = None,
         mirror_tta: bool | None = None,
         *,
         model: torch.nn.Module | None = None,
         meta: dict | None = None,
-        keep_largest: bool | None = None,
+        keep_largest: bool | Sequence[int] | None = None,
         half_precision: bool | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
@@ -130,7 +133,8 @@ class Predictor:
                 raise ValueError("Predictor: a model needs its meta (the model.json entries)")
             self.model, self.meta = model.to(self.device).eval(), meta
         elif model_dir is not None:
-            self.model, self.meta = load_model_folder(model_dir, self.device)
+            models, self.meta = load_ensemble(model_dir, self.device)  # one folder, a folder of folds, or several
+            self.model = models[0] if len(models) == 1 else torch.nn.ModuleList(models)
         else:
             raise ValueError("Predictor: give a model folder or a model with its meta")
         self.plan = Plan.from_dict(self.meta["plan"])
@@ -152,8 +156,13 @@ class Predictor:
         use_tta = inf["mirror_tta"] if mirror_tta is None else mirror_tta
         dims = window_dims(inf["mirror_axes"], self.spatial_dims, slice_axis, "inference.mirror_axes")
         self.mirror = mirror_axes(self.spatial_dims, dims) if use_tta else []
-        self.window = WindowPredictor(self.model, self.mirror)
-        self.keep_largest = inf["keep_largest_component"] if keep_largest is None else keep_largest
+        members = list(self.model) if isinstance(self.model, torch.nn.ModuleList) else self.model
+        self.window = WindowPredictor(members, self.mirror)
+        if keep_largest is None:  # chosen on out-of-fold predictions (postprocessing.json), else the folder's
+            chosen = self.meta.get("postprocessing", {}).get("keep_largest_component")
+            keep_largest = chosen if chosen is not None else inf["keep_largest_component"]
+        #: classes whose largest connected component alone is kept (True: every foreground class)
+        self.keep_largest = list(range(1, self.num_classes)) if keep_largest is True else list(keep_largest or [])
         self.half_precision = half_precision
         self.half_precision_voxels = inf["half_precision_voxels"]
         self.chain = preprocessing(with_label=False, **self.plan.transform_kwargs())
@@ -196,7 +205,7 @@ class Predictor:
         del probs
         lap("resample")
         if self.keep_largest:
-            keep_largest_component(labels, range(1, self.num_classes))  # probabilities stay as predicted
+            keep_largest_component(labels, self.keep_largest)  # probabilities stay as predicted
             lap("largest_component")
         if labels.shape != tuple(reference.shape[:3]):
             raise RuntimeError(f"{case.images[0]}: prediction shape {labels.shape} != image shape {reference.shape}")

@@ -59,27 +59,34 @@ def mirror_axes(spatial_dims: int, dims: Sequence[int] | None = None) -> list[tu
 
 
 class WindowPredictor(torch.nn.Module):
-    """Wraps a logits network: softmax probabilities of a window, averaged over its mirrored copies.
+    """Wraps logits networks: softmax probabilities of a window, averaged over its mirrored copies and,
+    for an ensemble (several networks), over the networks.
 
+    Blending is linear, so averaging per window equals averaging the members' blended probability maps.
     The window is fed to the network in float32 whatever the volume's dtype, and the result is returned
     in the window's dtype (so a float16 volume gets a float16 accumulator in MONAI's inferers).
     """
 
-    def __init__(self, model: torch.nn.Module, mirror: Sequence[tuple[int, ...]] = ()) -> None:
+    def __init__(
+        self, model: torch.nn.Module | Sequence[torch.nn.Module], mirror: Sequence[tuple[int, ...]] = ()
+    ) -> None:
         super().__init__()
-        self.model = model
+        self.models = torch.nn.ModuleList([model] if isinstance(model, torch.nn.Module) else list(model))
         self.mirror = [tuple(d) for d in mirror]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
+        probs = torch.zeros((), device=x.device)
         with torch.autocast("cuda", enabled=x.device.type == "cuda"):
-            probs = torch.softmax(self.model(x).float(), dim=1)
-            for dims in self.mirror:
-                probs += torch.flip(torch.softmax(self.model(torch.flip(x, dims)).float(), dim=1), dims)
-        if self.mirror:
-            probs /= 1 + len(self.mirror)
+            for model in self.models:
+                probs = probs + torch.softmax(model(x).float(), dim=1)
+                for dims in self.mirror:
+                    probs += torch.flip(torch.softmax(model(torch.flip(x, dims)).float(), dim=1), dims)
+        count = len(self.models) * (1 + len(self.mirror))
+        if count > 1:
+            probs /= count
         return probs.to(dtype)
 
 

@@ -1,4 +1,4 @@
-"""Stage: build the training sample table for one fold (``sample.fold``) of the split preprocess wrote."""
+"""Stage: the training sample table for one fold (``--fold k``, else ``sample.fold``) of the split preprocess wrote."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pipeline.sampling.locations import build_samples
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args, cfg = stage_args(__doc__, argv)
+    args, cfg = stage_args(__doc__, argv, fold=True)
     s, pre = cfg.sample, Path(cfg.preprocess.out_dir)
     try:  # before anything is written
         check_fold(s.fold, cfg.split.folds)

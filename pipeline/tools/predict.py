@@ -2,11 +2,14 @@
 
     python -m pipeline.tools.predict --model models/model --input scans/ --output predictions/
 
-``--input`` is one scan or a folder of scans (.nii, .nii.gz, .nrrd, .mha, .mhd; 2D pictures .png, .jpg,
-.tif, .bmp, .gif; per-channel files ``<case>_0000``, ``<case>_0001``, ... are grouped by case). Each scan gets
-``<output>/<case>.nii.gz``: integer labels (the dataset's declared label values) on exactly the scan's voxel
-grid, with its affine (sform and qform with their codes), so it opens aligned with the scan in ITK-SNAP or
-3D Slicer; a 2D picture gets ``<output>/<case>.png`` of its own size. A DICOM series is a folder: a folder
+``--model`` is a model folder, or several (or a folder of fold folders such as ``models/model``): an ensemble
+whose class probabilities (after mirroring, if on) are averaged before the arg-max; folders that differ in
+plan, labels or channels are refused. ``--input`` is one scan or a folder of scans (.nii, .nii.gz, .nrrd,
+.mha, .mhd; 2D pictures .png, .jpg, .tif, .bmp, .gif; per-channel files ``<case>_0000``, ``<case>_0001``, ...
+are grouped by case). Each scan gets ``<output>/<case>.nii.gz``: integer labels (the dataset's declared label
+values) on exactly the scan's voxel grid, with its affine (sform and qform with their codes), so it opens
+aligned with the scan in ITK-SNAP or 3D Slicer; a 2D picture gets ``<output>/<case>.png`` of its own size.
+A DICOM series is a folder: a folder
 holding DICOM files is one scan (see :mod:`pipeline.core.dicom`). With
 ``--probabilities`` also ``<case>_probabilities.nii.gz`` (one volume per class, values in [0, 1]).
 ``--output-format dicom-seg`` writes ``<output>/<case>.dcm`` instead: one multi-class DICOM SEG per
@@ -132,13 +135,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m pipeline.tools.predict",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="inputs: --model (a model folder), --input (a scan or a folder of scans)\n"
+        epilog="inputs: --model (a model folder; several, or a folder of folds: their ensemble),\n"
+        "        --input (a scan or a folder of scans)\n"
         "outputs: <output>/<case>.nii.gz on each scan's voxel grid (+ <case>_probabilities.nii.gz)\n"
         "         (--output-format dicom-seg: <output>/<case>.dcm, one DICOM SEG per input DICOM series)\n"
         "exit status: 0 every scan predicted; 1 some scans failed (listed on stderr, the others written);\n"
         "             2 the model folder or the input cannot be used, or a usage error (nothing written)",
     )
-    parser.add_argument("--model", required=True, type=Path, help="model folder written by the train stage")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="model folder written by the train stage; several, or a folder of folds (models/model): an ensemble",
+    )
     parser.add_argument("--input", required=True, type=Path, help="a scan, or a folder of scans")
     parser.add_argument("--output", required=True, type=Path, help="folder for <case>.nii.gz")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -192,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         "%d scan(s); model %s (%dD, %s), mirroring %s, largest component %s, device %s, %d threads",
         len(cases),
-        args.model,
+        ", ".join(predictor.meta.get("ensemble", [str(m) for m in args.model])),
         predictor.spatial_dims,
         predictor.meta["model"].get("name", "?"),
         "on" if predictor.mirror else "off",
-        "on" if predictor.keep_largest else "off",
+        ", ".join(predictor.labels.get(k, str(k)) for k in predictor.keep_largest) or "off",
         predictor.device,
         torch.get_num_threads(),
     )

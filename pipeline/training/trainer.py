@@ -295,6 +295,7 @@ def finish(s: Session, tracker: Tracker, minutes: float) -> None:
     # a run the wall clock stopped is marked so (model.json, MLflow, report): its epoch count is not the plan's
     stopped = bool(s.history) and s.history[-1]["epoch"] + 1 < epochs
     run_info = {"epochs_planned": epochs, "epochs_run": len(s.history), "stopped_by_max_minutes": stopped}
+    run_info["minutes"] = round(minutes, 2)  # wall clock of the whole run (resumed runs included)
     tracker.set_tags({f"train.{k}": v for k, v in run_info.items()})
     s.meta["training"] = run_info
     if not (Path(t_cfg.out_dir) / "model.pt").is_file() and s.best_state is not None:
@@ -303,12 +304,12 @@ def finish(s: Session, tracker: Tracker, minutes: float) -> None:
         save_model_folder(t_cfg.out_dir, s.model, {**s.meta, "epoch": s.best["epoch"], "val_dice_mean": best_dice})
     elif (Path(t_cfg.out_dir) / "model.json").is_file():
         update_meta(t_cfg.out_dir, training=run_info)
-    io.write_csv(t_cfg.log_file, pd.DataFrame(s.history))
+    io.write_csv(t_cfg.log_path, pd.DataFrame(s.history))
     summary = {"best_epoch": s.best["epoch"], "train_minutes": minutes}
     if s.val_vols:
         summary["best_val_dice_mean"] = s.best["dice"]
     tracker.log_metrics(summary)
-    tracker.log_artifact(t_cfg.log_file)
+    tracker.log_artifact(t_cfg.log_path)
     tracker.log_artifact(Path(t_cfg.out_dir) / "model.json", "model_folder")
     # loadable by mlflow.pyfunc
     log_model_folder(tracker.run_id, t_cfg.out_dir, tracking_uri=tracker.connection_uri)
