@@ -181,24 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    codes = None
     try:
-        dicom_series.set_series_rule(dicom_series.rule_from_args(args))
-        set_max_voxels(args.max_voxels)
-        predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
-        inf = predictor.meta.get("inference", {})
-        with_probs = inf.get("save_probabilities", InferenceConfig.save_probabilities)
-        if args.probabilities is not None:
-            with_probs = args.probabilities
-        cases = find_cases(args.input, int(predictor.meta["in_channels"]))
-        check_outputs(cases, args.output, with_probs)
-        if args.output_format == "dicom-seg":
-            check_dicom_seg(cases, args.output)
-            codes = load_code_map(args.label_codes, predictor.labels) if args.label_codes else None
+        predictor, cases, with_probs, codes = prepare(args)
     except (ModelFolderError, FileNotFoundError, ValueError, RuntimeError, CodeMapError) as err:
         logger.error("%s", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return 2
-    values = tuple(predictor.meta["plan"].get("label_values") or ())  # masks keep the dataset's label values
     logger.info(
         "%d scan(s); model %s (%dD, %s), mirroring %s, largest component %s, device %s, %d threads",
         len(cases),
@@ -210,6 +197,39 @@ def main(argv: list[str] | None = None) -> int:
         predictor.device,
         torch.get_num_threads(),
     )
+    failures = predict_all(cases, predictor, args, with_probs, codes)
+    if failures:
+        width = max(len(cid) for cid, _ in failures)
+        lines = [f"{len(failures)} scan(s) failed:", f"  {'case'.ljust(width)}  error"]
+        lines += [f"  {cid.ljust(width)}  {msg}" for cid, msg in failures]
+        print("\n".join(lines), file=sys.stderr)
+        return 1
+    return 0
+
+
+def prepare(args: argparse.Namespace) -> tuple[Predictor, list[Case], bool, dict | None]:
+    """Everything checked before anything is written: the model(s), the scans, the outputs and the SEG codes."""
+    dicom_series.set_series_rule(dicom_series.rule_from_args(args))
+    set_max_voxels(args.max_voxels)
+    predictor = Predictor(args.model, args.device, args.mirror, keep_largest=args.keep_largest)
+    inf = predictor.meta.get("inference", {})
+    with_probs = inf.get("save_probabilities", InferenceConfig.save_probabilities)
+    if args.probabilities is not None:
+        with_probs = args.probabilities
+    cases = find_cases(args.input, int(predictor.meta["in_channels"]))
+    check_outputs(cases, args.output, with_probs)
+    codes = None
+    if args.output_format == "dicom-seg":
+        check_dicom_seg(cases, args.output)
+        codes = load_code_map(args.label_codes, predictor.labels) if args.label_codes else None
+    return predictor, cases, with_probs, codes
+
+
+def predict_all(
+    cases: list[Case], predictor: Predictor, args: argparse.Namespace, with_probs: bool, codes: dict | None
+) -> list[tuple[str, str]]:
+    """Predict and write every scan; a scan that fails is logged and listed ``(case id, error)``, the rest go on."""
+    values = tuple(predictor.meta["plan"].get("label_values") or ())  # masks keep the dataset's label values
     failures: list[tuple[str, str]] = []
     total = time.monotonic()
     for case in tqdm(cases, desc="predict", unit="scan"):
@@ -232,13 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s: %.2f s (%s) -> %s", case.case_id, pred.seconds, phases, out)
     done = len(cases) - len(failures)
     logger.info("%d of %d scan(s) predicted in %.1f s", done, len(cases), time.monotonic() - total)
-    if failures:
-        width = max(len(cid) for cid, _ in failures)
-        lines = [f"{len(failures)} scan(s) failed:", f"  {'case'.ljust(width)}  error"]
-        lines += [f"  {cid.ljust(width)}  {msg}" for cid, msg in failures]
-        print("\n".join(lines), file=sys.stderr)
-        return 1
-    return 0
+    return failures
 
 
 if __name__ == "__main__":
