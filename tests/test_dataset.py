@@ -288,3 +288,43 @@ def test_case_ids_must_be_plain_names(tmp_path: Path, capsys: pytest.CaptureFixt
     _touch_nii(flat / "e_label.nii.gz")
     info = read_folder(flat)
     assert [c.case_id for c in info.cases] == ["e"] and info.problems[0].file.endswith("c d_image.nii.gz")
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_patient_subfolders_of_slices_and_masks_are_grouped_by_patient(tmp_path: Path) -> None:
+    """kaggle_3m-like: <patient>/<patient>_<n>.tif beside <patient>_<n>_mask.tif, searched at any depth."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for patient in ("TCGA_A", "TCGA_B"):
+        for n in (1, 2):
+            _png(tmp_path / patient / f"{patient}_{n}.png", rgb)
+            _png(tmp_path / patient / f"{patient}_{n}_mask.png", mask)
+    info = read_dataset(tmp_path, "auto")
+    assert not info.problems
+    assert {(c.case_id, c.group) for c in info.cases} == {
+        ("TCGA_A_1", "TCGA_A"), ("TCGA_A_2", "TCGA_A"), ("TCGA_B_1", "TCGA_B"), ("TCGA_B_2", "TCGA_B")
+    }
+    assert all(c.label is not None and c.label.name == f"{c.case_id}_mask.png" for c in info.cases)
+    _png(tmp_path / "TCGA_C" / "TCGA_A_1.png", rgb)  # one case id in two patient folders: said, not guessed
+    assert any("duplicate case id 'TCGA_A_1'" in p.problem for p in read_dataset(tmp_path, "auto").problems)
+
+
+def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_path: Path) -> None:
+    """DRIVE-like names: images/21_training.png with labels/21_manual1.png."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for n in (21, 22):
+        _png(tmp_path / "images" / f"{n}_training.png", rgb)
+        _png(tmp_path / "labels" / f"{n}_manual1.png", mask)
+    info = read_dataset(tmp_path, "auto")
+    assert not info.problems
+    assert {(c.case_id, c.label.name) for c in info.cases} == {
+        ("21_training", "21_manual1.png"), ("22_training", "22_manual1.png")
+    }
+    _png(tmp_path / "labels" / "21_manual2.png", mask)  # two labels start with 21: no guessing
+    problems = read_dataset(tmp_path, "auto").problems
+    assert any(p.problem == "no label file for this image" for p in problems)

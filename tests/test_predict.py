@@ -376,3 +376,15 @@ def test_a_folder_of_folds_applies_its_out_of_fold_postprocessing(tmp_path: Path
     np.testing.assert_array_equal(labels, keep_largest_component(plain.copy(), [1]))
     assert not np.array_equal(labels, plain)  # the choice changed the written mask
     assert Predictor(folds, "cpu", keep_largest=False).keep_largest == []  # the command line wins
+
+
+def test_find_cases_searches_patient_subfolders_and_skips_masks_beside_scans(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipeline.tools.predict import find_cases
+
+    for patient in ("P1", "P2"):
+        (tmp_path / patient).mkdir()
+        for name in (f"{patient}_1", f"{patient}_1_mask", f"{patient}_2"):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / patient / f"{name}.png")
+    assert [c.case_id for c in find_cases(tmp_path)] == ["P1_1", "P1_2", "P2_1", "P2_2"]

@@ -172,11 +172,19 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
     return DatasetInfo(manifest.stem, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files of ``folder`` (and, ``recursive``, of its non-hidden sub-folders at any depth), sorted."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if is_image_file(p):
+            found.append(p)
+        elif recursive and p.is_dir() and not p.name.startswith("."):
+            found.extend(_image_files(p, True))
+    return found
 
 
-def _untag(name: str, tags: tuple[str, ...]) -> str | None:
+def untag(name: str, tags: tuple[str, ...]) -> str | None:
+    """The case id of a file named ``<case><tag>.<ext>`` for one of ``tags`` (any case), else None."""
     stem = strip_suffix(name)
     for tag in tags:
         if stem.lower().endswith(tag):
@@ -184,11 +192,68 @@ def _untag(name: str, tags: tuple[str, ...]) -> str | None:
     return None
 
 
+def _by_stem(files: list[Path], problems: list[Problem]) -> dict[str, Path]:
+    """``{stem: file}``; a stem found twice (in two sub-folders) is a problem, not silently one of them."""
+    out: dict[str, Path] = {}
+    for p in files:
+        stem = strip_suffix(p.name)
+        if stem in out:
+            problems.append(Problem(stem, str(p), f"duplicate case id {stem!r} (also {out[stem]})"))
+        out[stem] = p
+    return out
+
+
+def _leading(stem: str) -> str:
+    return re.split(r"[_\-. ]", stem, maxsplit=1)[0]
+
+
+def _pair_by_leading_part(images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
+    """Labels re-keyed to their image when names differ only after a shared leading part (DRIVE's
+    ``21_training.tif`` and ``21_manual1.gif``): only when that part names one image and one label, both unpaired."""
+    lone_images = [s for s in images if s not in label_files]
+    lone_labels = [s for s in label_files if s not in images]
+    by_image = {_leading(s): s for s in lone_images}
+    by_label = {_leading(s): s for s in lone_labels}
+    if len(by_image) < len(lone_images) or len(by_label) < len(lone_labels):
+        return label_files  # a leading part shared by two files: no guessing
+    paired = {by_image[k]: by_label[k] for k in by_image.keys() & by_label.keys()}
+    if paired:
+        example = next(iter(sorted(paired.items())))
+        logger.info("paired %d image(s) with labels by their leading name part (e.g. %s <- %s)", len(paired), *example)
+    out = {s: p for s, p in label_files.items() if s not in paired.values()}
+    out.update({image: label_files[label] for image, label in paired.items()})
+    return out
+
+
+def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
+    """Images, labels and groups of a folder of ``<case>_image`` / ``<case>_label`` files, searched at any
+    depth; a case in a sub-folder belongs to the group named by the first sub-folder (e.g. the patient)."""
+    images: dict[str, Path] = {}
+    label_files: dict[str, Path] = {}
+    groups: dict[str, str] = {}
+    for p in _image_files(root, recursive=True):
+        if (cid := untag(p.name, LABEL_TAGS)) is not None:
+            target = label_files
+        else:
+            cid, target = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name), images
+        if cid in target:
+            problems.append(Problem(cid, str(p), f"duplicate case id {cid!r} (also {target[cid]})"))
+        target[cid] = p
+        if p.parent != root:
+            groups[cid] = p.relative_to(root).parts[0]
+            if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
+                groups.setdefault(channel["case"], groups[cid])
+    return images, label_files, groups
+
+
 def read_folder(root: str | Path) -> DatasetInfo:
     """Read image and label files paired by case id.
 
-    Either ``images/`` + ``labels/`` (or ``imagesTr/`` + ``labelsTr/``) with equal file names, or one flat
-    folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also ``_img``; ``_seg``, ``_mask``).
+    Either ``images/`` + ``labels/`` (or ``imagesTr/`` + ``labelsTr/``) with equal file names (or names
+    that differ only after a leading part naming one image and one label, as ``21_training`` and
+    ``21_manual1``), or a folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also ``_img``;
+    ``_seg``, ``_mask``; a bare ``<case>`` is an image) searched at any depth: the first sub-folder of a
+    case (e.g. one per patient) is its group, so splits keep it together.
     Images ``<case>_0000``, ``<case>_0001``, ... next to a label ``<case>`` are the channels of one case.
     Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}`` (the
     stages and ``validate`` then use the values found in the masks: :func:`pipeline.core.labels.values_found`).
@@ -200,20 +265,16 @@ def read_folder(root: str | Path) -> DatasetInfo:
     labels, values, labels_source = sidecar_labels(root, problems)
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
+    groups: dict[str, str] = {}
     for images_name, labels_name in (("images", "labels"), ("imagesTr", "labelsTr")):
         if (root / images_name).is_dir():
-            images = {strip_suffix(p.name): p for p in _image_files(root / images_name)}
+            images = _by_stem(_image_files(root / images_name), problems)
             if (root / labels_name).is_dir():
-                label_files = {strip_suffix(p.name): p for p in _image_files(root / labels_name)}
+                label_files = _by_stem(_image_files(root / labels_name), problems)
+                label_files = _pair_by_leading_part(images, label_files)
             break
     else:
-        for p in _image_files(root):
-            if (cid := _untag(p.name, LABEL_TAGS)) is not None:
-                label_files[cid] = p
-            elif (cid := _untag(p.name, IMAGE_TAGS)) is not None:
-                images[cid] = p
-            else:
-                images[strip_suffix(p.name)] = p
+        images, label_files, groups = _flat_files(root, problems)
     if not images:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
     cases = []
@@ -224,7 +285,7 @@ def read_folder(root: str | Path) -> DatasetInfo:
         if cid not in label_files:
             problems.append(Problem(cid, str(files[0]), "no label file for this image"))
             continue
-        cases.append(Case(cid, tuple(_abs(f) for f in files), _abs(label_files[cid])))
+        cases.append(Case(cid, tuple(_abs(f) for f in files), _abs(label_files[cid]), groups.get(cid)))
     for cid, label in sorted(label_files.items()):
         if cid not in images and not any(_channel_of(s, label_files) == cid for s in images):
             problems.append(Problem(cid, str(label), "no image file for this label"))

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
+from pipeline.core.dataset import LABEL_TAGS, untag
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,
@@ -53,10 +54,31 @@ logger = logging.getLogger("pipeline.tools.predict")
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
+def _scan_files(folder: Path) -> list[Path]:
+    """Image files and DICOM series folders in ``folder``; other sub-folders (e.g. one per patient) searched too."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if is_image_file(p):
+            found.append(p)
+        elif p.is_dir() and not p.name.startswith("."):
+            found.extend(_scan_files(p))
+    return found
+
+
+def _without_masks(files: list[Path]) -> list[Path]:
+    """Drop ``<case>_mask`` (``_label``, ``_seg``) files that lie beside their scan ``<case>``: masks, not scans."""
+    stems = {strip_suffix(f.name) for f in files}
+    masks = [f for f in files if (case := untag(f.name, LABEL_TAGS)) is not None and case in stems]
+    if masks:
+        logger.info("%d mask file(s) beside their scans skipped (e.g. %s)", len(masks), masks[0].name)
+    return [f for f in files if f not in masks]
+
+
 def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
-    """One case per scan (a file, or every image in a folder, sorted; hidden files such as ``.x.tmp.nii.gz``
-    left by an interrupted run are not scans). A folder holding DICOM files is one scan; in a folder of
-    scans, every sub-folder holding DICOM files (at any depth) is one.
+    """One case per scan (a file, or every image in a folder and its sub-folders, sorted; hidden files such as
+    ``.x.tmp.nii.gz`` left by an interrupted run are not scans, nor ``<case>_mask`` files beside ``<case>``).
+    A folder holding DICOM files is one scan; in a folder of scans, every sub-folder holding DICOM files (at
+    any depth) is one.
 
     Multi-channel models take one 4D file (channels last) per case, or one file per channel named
     ``<case>_0000``, ``<case>_0001``, ... (nnU-Net's convention).
@@ -64,7 +86,7 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir() and not dicom_series.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
-        files = sorted(p for p in path.iterdir() if is_image_file(p))
+        files = _without_masks(_scan_files(path))
     else:
         files = [path]
     if not files:
