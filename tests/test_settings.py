@@ -115,14 +115,15 @@ def test_same_params_give_the_same_epoch_count_without_any_clock(monkeypatch: py
     assert longer["epochs"]["value"] == pytest.approx(2 * first["epochs"]["value"], abs=1)
 
 
-def test_thinnest_structure_measures_a_ribbon_by_its_width() -> None:
-    from pipeline.preprocessing.fingerprint import thinnest_structure
+def test_structure_thickness_measures_a_ribbon_by_its_width() -> None:
+    from pipeline.preprocessing.fingerprint import structure_thickness
 
     label = np.zeros((60, 40, 1), np.uint8)
     label[5:55, 10:13] = 1  # a ribbon 3 voxels wide
     label[5:35, 20:36] = 2  # a block 16 wide
-    assert thinnest_structure(label, [0, 1, 2]) == pytest.approx(3.0, rel=0.1)
-    assert np.isnan(thinnest_structure(np.zeros_like(label), [0, 1]))
+    thickness = structure_thickness(label, [0, 1, 2])
+    assert thickness[1] == pytest.approx(3.0, rel=0.1) and thickness[2] > 10
+    assert structure_thickness(np.zeros_like(label), [0, 1]) == {}
 
 
 def test_thin_structures_plan_a_full_resolution_level_and_its_cost(tmp_path: Path) -> None:

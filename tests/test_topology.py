@@ -47,11 +47,16 @@ def test_batch_is_capped_by_memory_and_by_the_data() -> None:
     assert topo.plan_batch([40, 56, 40], t, 1e-4, 16, dataset_voxels=1e9, dims=3) == topo.MIN_BATCH
 
 
-def test_cost_model_reproduces_its_calibration_runs_within_a_third() -> None:
-    hippo = topo.plan_topology([40, 56, 40], [1, 1, 1])
-    assert topo.seconds_per_epoch(hippo, [40, 56, 40], 4, 50, 16) == pytest.approx(12.8, rel=0.33)
-    synthetic = topo.plan_topology([64, 64], [1.6, 1.6])
-    assert topo.seconds_per_epoch(synthetic, [64, 64], 16, 25, 16) == pytest.approx(1.6, rel=0.33)
+def test_cost_model_reproduces_its_calibration_runs_within_a_quarter() -> None:
+    step = topo.SECONDS_PER_ITERATION
+    hippo = {**topo.plan_topology([40, 56, 40], [1, 1, 1]), "full_resolution_width": 8}
+    assert topo.seconds_per_epoch(hippo, [40, 56, 40], 4, 1, 16) == pytest.approx(0.39 + step, rel=0.25)
+    hippo_half = topo.plan_topology([40, 56, 40], [1, 1, 1])
+    assert topo.seconds_per_epoch(hippo_half, [40, 56, 40], 4, 1, 16) == pytest.approx(0.14 + step, rel=0.25)
+    photo = {**topo.plan_topology([544, 544], [1, 1]), "full_resolution_width": 8}
+    assert topo.seconds_per_epoch(photo, [544, 544], 2, 1, 16) == pytest.approx(0.89 + step, rel=0.25)
+    xray = topo.plan_topology([832, 832], [1, 1])
+    assert topo.seconds_per_epoch(xray, [832, 832], 2, 1, 16) == pytest.approx(1.3 + step, rel=0.25)
     # twice the iterations cost twice the time: no clock involved
     assert topo.seconds_per_epoch(hippo, [40, 56, 40], 4, 100, 16) == pytest.approx(
         2 * topo.seconds_per_epoch(hippo, [40, 56, 40], 4, 50, 16)

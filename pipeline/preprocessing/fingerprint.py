@@ -12,7 +12,6 @@ The drawn samples are kept (``fingerprint_samples.npz``) for the dataset-level s
 from __future__ import annotations
 
 import logging
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,19 +53,19 @@ def _bbox_shape(mask: np.ndarray) -> list[int]:
     return shape
 
 
-def thinnest_structure(label: np.ndarray, labels: Sequence[int]) -> float:
-    """Thickness in voxels of the thinnest foreground class present: 2 x its voxels / its boundary voxels.
+def structure_thickness(label: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+    """Thickness in voxels of each foreground class present: 2 x its voxels / its boundary voxels.
 
-    A ribbon ``w`` voxels wide gives ``w``, a ball of diameter ``d`` about ``d / 3``; NaN without foreground.
+    A ribbon ``w`` voxels wide gives ``w``, a ball of diameter ``d`` about ``d / 3``.
     """
-    thickness = []
+    thickness = {}
     for k in labels:
         mask = label == k
         n = int(mask.sum()) if k else 0
         if n:
             boundary = n - int(ndimage.binary_erosion(mask, border_value=1).sum())
-            thickness.append(2.0 * n / max(boundary, 1))
-    return min(thickness, default=math.nan)
+            thickness[k] = 2.0 * n / max(boundary, 1)
+    return thickness
 
 
 def fingerprint_case(
@@ -106,7 +105,9 @@ def fingerprint_case(
                 row[f"voxels_{k}"] = int(counts[k])
         foreground = label > 0
         finest = min((float(z) for z, n in zip(zooms, spatial, strict=True) if n > 1), default=1.0)
-        row["thickness_mm"] = thinnest_structure(label, labels) * finest
+        row["thickness_measured"] = True
+        for k, voxels in structure_thickness(label, labels).items():
+            row[f"thickness_mm_{k}"] = voxels * finest
     source = "foreground" if foreground.any() else "body"
     where = np.flatnonzero(foreground if foreground.any() else body.ravel() if body.any() else np.ones(body.size, bool))
     rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
@@ -158,7 +159,7 @@ def fingerprint_dataset(
     for case in info.cases:
         old = cached_rows.get(case.case_id)
         if old is not None and case.case_id in cached_samples and old.get("source_key") == source_key(case) and (
-            "thickness_mm" in old or case.label is None
+            "thickness_measured" in old or case.label is None
         ):
             rows[case.case_id], samples[case.case_id] = old, cached_samples[case.case_id]
         else:

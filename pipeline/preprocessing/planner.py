@@ -238,10 +238,13 @@ def _preprocess_settings(
 
 
 def _median_thickness(fingerprints: pd.DataFrame) -> float | None:
-    """Median over cases of the thinnest foreground structure's thickness (mm), None without foreground."""
-    if "thickness_mm" not in fingerprints or fingerprints["thickness_mm"].isna().all():
+    """The typical structure's thickness (mm): each class's median over cases, then the median over classes;
+    None without foreground."""
+    columns = [c for c in fingerprints if str(c).startswith("thickness_mm_") and fingerprints[c].notna().any()]
+    if not columns:
         return None
-    return round(float(np.nanmedian(fingerprints["thickness_mm"].to_numpy(float))), 4)
+    per_class = [float(np.nanmedian(fingerprints[c].to_numpy(float))) for c in columns]
+    return round(float(np.median(per_class)), 4)
 
 
 def _spacing_reason(slow: int | None, single: int | None, cfg: PreprocessConfig) -> str:

@@ -15,7 +15,8 @@ networks whose strides and kernels are set per level and axis:
 * **batch** (:func:`plan_batch`): the preferred CPU batch (``PREFERRED_BATCH``) when memory allows,
   never above 5% of the dataset's voxels per batch (nnU-Net's cap) and never below ``MIN_BATCH``.
 * **full-resolution level**: MONAI's UNet strides its first convolution, so it decodes from half
-  resolution; for structures under ``THIN_VOXELS`` thick the plan adds a level of ``base_width // 2``
+  resolution; for structures under ``THIN_VOXELS`` (two half-resolution voxels) thick the plan adds a level
+  of ``base_width // 2``
   feature maps at full resolution (``topology["full_resolution_width"]``, counted in memory and cost).
 * **cost** (:func:`seconds_per_epoch`): a fixed, clock-free cost model (multiply-adds of the
   convolutions plus a per-iteration overhead), so the epoch count planned for a time target is the same
@@ -36,14 +37,18 @@ TENSORS_PER_LEVEL = 6  # per block: conv output, norm output, activation, for ea
 MIN_BATCH = 2
 PREFERRED_BATCH = {2: 16, 3: 4}  # CPU batches (hippocampus 3D recipe: 4; synthetic 2D default: 16)
 MAX_BATCH_FRACTION = 0.05  # one batch holds at most this share of the dataset's voxels
-THIN_VOXELS = 8.0  # thinner structures (2 x volume / boundary voxels) get a full-resolution level
-# Cost model, calibrated on two runs measured on 2 CPU cores (README): the hippocampus 3D recipe
-# (12.8 s per epoch of 50 x 4 patches of 40x56x40, with a full-resolution level of 8) and the synthetic
-# 2D default (1.6 s per epoch of 25 x 16 slices of 64x64). Estimates, not timings: they only have to be
-# the same everywhere.
-MULTIPLY_ADDS_PER_SECOND = 3.2e10
-FULL_RESOLUTION_CONVS = 4  # a full-resolution level: two convolutions down, about two up
+THIN_VOXELS = 4.0  # thinner structures (2 x volume / boundary voxels) get a full-resolution level
+# Cost model, calibrated on 2 CPU cores of the slower machines of this kind (training steps of the planned
+# networks timed alone, median of 4, 2026-11-26: 3D 40x56x40 x4 with a full-resolution level 0.39 s,
+# without 0.14 s; 3D 96^3 x2 0.83 s; 3D 80x96x96 x2 + full 2.1 s; 2D 544^2 x2 + full 0.89 s, without
+# 0.48 s; 2D 832^2 x2 1.3 s; 2D 80^2 x15 + full 0.14 s; all within ~20% of the model). Estimates, not
+# timings: they only have to be the same everywhere.
+MULTIPLY_ADDS_PER_SECOND = {2: 1.35e10, 3: 3.0e10}  # 3D in channels-last (the default there)
+# a full-resolution level: four convolutions (two down, about two up) on few maps, each ~3.5x slower per
+# multiply-add than the deeper levels' convolutions
+FULL_RESOLUTION_CONVS = 14
 SECONDS_PER_ITERATION = 0.035
+SECONDS_PER_WINDOW = 0.01  # per validated volume or slice: reading, padding, blending
 
 
 def plan_topology(patch: Sequence[int], spacing: Sequence[float], max_pools: int = MAX_POOLS) -> dict:
@@ -111,7 +116,24 @@ def multiply_adds_per_voxel(topology: dict, base_width: int, max_width: int = MA
 def seconds_per_epoch(topology: dict, patch: Sequence[int], batch: int, iterations: int, base_width: int) -> float:
     """Estimated seconds of one training epoch on the reference machine (2 CPU cores); clock-free."""
     work = batch * math.prod(patch) * multiply_adds_per_voxel(topology, base_width)
-    return iterations * (SECONDS_PER_ITERATION + work / MULTIPLY_ADDS_PER_SECOND)
+    return iterations * (SECONDS_PER_ITERATION + work / MULTIPLY_ADDS_PER_SECOND[len(patch)])
+
+
+def validation_seconds(
+    topology: dict,
+    patch: Sequence[int],
+    shape: Sequence[float],
+    slices: float,
+    cases: int,
+    overlap: float,
+    base_width: int,
+) -> float:
+    """Estimated seconds of one validation (sliding windows of ``patch`` with ``overlap`` over ``cases`` volumes
+    of ``shape``, ``slices`` 2D slices each; forward passes only, a third of a training step's work)."""
+    step = [max(1.0, p * (1 - overlap)) for p in patch]
+    windows = math.prod(max(1, math.ceil((s - p) / st) + 1) for s, p, st in zip(shape, patch, step, strict=True))
+    work = cases * slices * windows * math.prod(patch) * multiply_adds_per_voxel(topology, base_width)
+    return cases * slices * SECONDS_PER_WINDOW + work / 3 / MULTIPLY_ADDS_PER_SECOND[len(patch)]
 
 
 def _divisible(patch: Sequence[int], spacing: Sequence[float]) -> tuple[list[int], dict]:

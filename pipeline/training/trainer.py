@@ -133,6 +133,14 @@ class Session:
         return self.settings[name]["value"]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under ``taskset`` or a container), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def setup(cfg: Config) -> Session:
     """Check the settings, start the process group, load the data, build the model; resume if a checkpoint says so."""
     t_cfg, s_cfg = cfg.train, cfg.sample
@@ -144,7 +152,7 @@ def setup(cfg: Config) -> Session:
     # checked now, not at the first prediction
     window_dims(t_cfg.inference.mirror_axes, st["dims"], st["slice_axis"], "train.inference.mirror_axes")
     rank, world, device = init_distributed()
-    threads = t_cfg.threads or max(1, (os.cpu_count() or 1) // world)
+    threads = t_cfg.threads or max(1, usable_cpus() // world)
     torch.set_num_threads(threads)
     set_determinism(seed=t_cfg.seed)
     if device.type == "cuda":
