@@ -14,6 +14,7 @@ COMMANDS = {
     "score": "score a folder of masks from any program against references, as evaluate does",
     "compare": "compare two evaluations case by case (paired differences, bootstrap CI, Wilcoxon)",
     "download": "download and verify a public dataset (Medical Segmentation Decathlon)",
+    "params": "write a full params file from a recipe (its overrides on the defaults)",
 }
 
 
