@@ -172,14 +172,14 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
     return DatasetInfo(manifest.stem, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
 
 
-def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files of ``folder`` (and, ``recursive``, of its non-hidden sub-folders at any depth), sorted."""
     found = []
     for p in sorted(folder.iterdir()):
         if is_image_file(p):
             found.append(p)
         elif recursive and p.is_dir() and not p.name.startswith("."):
-            found.extend(_image_files(p, True))
+            found.extend(image_files(p, True))
     return found
 
 
@@ -196,11 +196,15 @@ def _by_stem(files: list[Path], problems: list[Problem]) -> dict[str, Path]:
     """``{stem: file}``; a stem found twice (in two sub-folders) is a problem, not silently one of them."""
     out: dict[str, Path] = {}
     for p in files:
-        stem = strip_suffix(p.name)
-        if stem in out:
-            problems.append(Problem(stem, str(p), f"duplicate case id {stem!r} (also {out[stem]})"))
-        out[stem] = p
+        _put(out, strip_suffix(p.name), p, problems)
     return out
+
+
+def _put(files: dict[str, Path], case_id: str, path: Path, problems: list[Problem]) -> None:
+    """``files[case_id] = path``; an id already there is a problem naming both files."""
+    if case_id in files:
+        problems.append(Problem(case_id, str(path), f"duplicate case id {case_id!r} (also {files[case_id]})"))
+    files[case_id] = path
 
 
 def _leading(stem: str) -> str:
@@ -231,14 +235,12 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
-    for p in _image_files(root, recursive=True):
+    for p in image_files(root, recursive=True):
         if (cid := untag(p.name, LABEL_TAGS)) is not None:
             target = label_files
         else:
             cid, target = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name), images
-        if cid in target:
-            problems.append(Problem(cid, str(p), f"duplicate case id {cid!r} (also {target[cid]})"))
-        target[cid] = p
+        _put(target, cid, p, problems)
         if p.parent != root:
             groups[cid] = p.relative_to(root).parts[0]
             if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
@@ -268,9 +270,9 @@ def read_folder(root: str | Path) -> DatasetInfo:
     groups: dict[str, str] = {}
     for images_name, labels_name in (("images", "labels"), ("imagesTr", "labelsTr")):
         if (root / images_name).is_dir():
-            images = _by_stem(_image_files(root / images_name), problems)
+            images = _by_stem(image_files(root / images_name), problems)
             if (root / labels_name).is_dir():
-                label_files = _by_stem(_image_files(root / labels_name), problems)
+                label_files = _by_stem(image_files(root / labels_name), problems)
                 label_files = _pair_by_leading_part(images, label_files)
             break
     else:

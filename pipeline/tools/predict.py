@@ -36,11 +36,10 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import LABEL_TAGS, untag
+from pipeline.core.dataset import LABEL_TAGS, image_files, untag
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,
-    is_image_file,
     set_max_voxels,
     strip_suffix,
 )
@@ -52,17 +51,6 @@ from pipeline.inference.predictor import Prediction, Predictor, UnreadableScanEr
 logger = logging.getLogger("pipeline.tools.predict")
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _scan_files(folder: Path) -> list[Path]:
-    """Image files and DICOM series folders in ``folder``; other sub-folders (e.g. one per patient) searched too."""
-    found = []
-    for p in sorted(folder.iterdir()):
-        if is_image_file(p):
-            found.append(p)
-        elif p.is_dir() and not p.name.startswith("."):
-            found.extend(_scan_files(p))
-    return found
 
 
 def _without_masks(files: list[Path]) -> list[Path]:
@@ -86,7 +74,7 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir() and not dicom_series.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
-        files = _without_masks(_scan_files(path))
+        files = _without_masks(image_files(path, recursive=True))  # DICOM series folders are scans too
     else:
         files = [path]
     if not files:
