@@ -150,8 +150,8 @@ class InferenceConfig:
     overlap: float = 0.5
     sw_batch_size: int = 16
     blend: Literal["gaussian", "constant"] = "gaussian"
-    mirror_tta: bool = False
-    mirror_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) mirrored at test time; None: all
+    mirror_tta: bool = True  # test-time mirroring (nnU-Net's default); predict --no-mirror turns it off
+    mirror_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) mirrored; None: the flip axes
     keep_largest_component: bool = False  # per foreground class, on the written (native) grid
     save_probabilities: bool = False  # predict: also write <case>_probabilities.nii.gz
     half_precision_voxels: int | None = 32_000_000  # above this (preprocessed grid) blend in float16; null: never
@@ -176,7 +176,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-5
     augment: bool = True
-    flip_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) flipped in augmentation; None: all
+    flip_axes: tuple[Literal[0, 1, 2], ...] | None = None  # volume axes (RAS) flipped in augmentation; None: planned
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores

@@ -51,7 +51,8 @@ def test_predictor_takes_its_inference_defaults_from_config() -> None:
     predictor = Predictor(model=torch.nn.Conv3d(1, 2, 1), meta=meta, device="cpu")
     defaults = InferenceConfig()
     assert predictor.inferer.sw_batch_size == defaults.sw_batch_size and predictor.inferer.overlap == defaults.overlap
-    assert predictor.half_precision_voxels == defaults.half_precision_voxels and predictor.mirror == []
+    assert predictor.half_precision_voxels == defaults.half_precision_voxels
+    assert defaults.mirror_tta and len(predictor.mirror) == 7  # every flip of 3 axes but the identity
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:

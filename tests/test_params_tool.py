@@ -18,7 +18,7 @@ def test_the_hippocampus_recipe_becomes_a_full_params_file_dvc_can_interpolate(t
     written = yaml.safe_load(out.read_text())
     assert set(written) == set(to_dict(Config()))  # every block, as dvc.yaml needs
     assert written["synthetic"]["out_dir"] == Config().synthetic.out_dir
-    assert written["train"]["epochs"] == 94 and written["train"]["flip_axes"] == [0]  # the recipe's values
+    assert written["train"]["epochs"] == 94 and written["train"]["val_every"] == 5  # the recipe's values
     assert to_dict(load(out)) == to_dict(load(ROOT / "configs" / "hippocampus.yaml"))
 
 

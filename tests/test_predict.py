@@ -388,3 +388,19 @@ def test_find_cases_searches_patient_subfolders_and_skips_masks_beside_scans(tmp
         for name in (f"{patient}_1", f"{patient}_1_mask", f"{patient}_2"):
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / patient / f"{name}.png")
     assert [c.case_id for c in find_cases(tmp_path)] == ["P1_1", "P1_2", "P2_1", "P2_2"]
+
+
+def test_a_folder_of_folds_ensembles_only_the_folds_its_pool_stage_listed(tmp_path: Path) -> None:
+    import json
+
+    from pipeline.inference.model_folder import ModelFolderError, model_folders
+
+    folds = tmp_path / "models"
+    for k in range(3):  # fold_2 is left from an earlier run with more folds
+        model_folder(folds / f"fold_{k}", seed=k)
+    assert [p.name for p in model_folders(folds)] == ["fold_0", "fold_1", "fold_2"]  # nothing listed: every one
+    (folds / "postprocessing.json").write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_1"]}))
+    assert [p.name for p in model_folders(folds)] == ["fold_0", "fold_1"]
+    (folds / "postprocessing.json").write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_4"]}))
+    with pytest.raises(ModelFolderError, match="fold_4, not found"):
+        model_folders(folds)

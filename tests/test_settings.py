@@ -143,3 +143,50 @@ def test_thin_structures_plan_a_full_resolution_level_and_its_cost(tmp_path: Pat
     assert entry == {"value": 0, "source": "overridden", "reason": "set in the config"}
     other = plan_for(root, {"train": {"model": {"name": "dynunet"}}})
     assert other.setting("full_resolution_width") == 0  # DynUNet's first level is full resolution already
+
+
+def _two_part_structure(root: Path, nested: bool) -> Path:
+    """Four cases of two classes: 1 in front of 2 along posterior-anterior (or 2 inside 1 when ``nested``),
+    two of them stored with flipped x and y axes (LPS-like), so only RAS coordinates show the order."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(4):
+        label = np.zeros((24, 32, 20), np.uint8)
+        shift = i  # positions vary from case to case; the order does not
+        if nested:
+            label[4 + shift : 20, 4:28, 4:16] = 1
+            label[8 + shift : 16, 10:22, 7:13] = 2
+        else:
+            label[6 + shift : 16, 18:28, 5:15] = 1  # anterior
+            label[6 + shift : 16, 4 + shift : 14, 5:15] = 2  # posterior
+        affine = np.eye(4)
+        if i % 2:  # stored L-R and P-A reversed: the same anatomy
+            label = label[::-1, ::-1].copy()
+            affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+        image = np.random.default_rng(i).normal(0, 1, label.shape).astype(np.float32) + label
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"c{i}.nii.gz")
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    labels = {"0": "background", "1": "anterior", "2": "posterior"}
+    meta = {"name": "t", "modality": {"0": "MR"}, "labels": labels, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_axes_along_which_classes_lie_in_a_fixed_order_are_not_flipped(tmp_path: Path) -> None:
+    ordered = plan_for(_two_part_structure(tmp_path / "ordered", nested=False))
+    entry = ordered.settings["flip_axes"]
+    assert entry["value"] == [0, 2] and entry["source"] == "planned"  # never posterior-anterior
+    assert "classes 1 and 2 along posterior-anterior (100% of cases" in entry["reason"]
+    nested = plan_for(_two_part_structure(tmp_path / "nested", nested=True))
+    assert nested.setting("flip_axes") == [0, 1, 2]  # one inside the other: no side to swap
+    forced = plan_for(tmp_path / "ordered", {"train": {"flip_axes": [0, 1]}})
+    assert forced.settings["flip_axes"] == {"value": [0, 1], "source": "overridden", "reason": "set in the config"}
+
+
+def test_test_time_mirroring_follows_the_planned_flips_unless_set() -> None:
+    from pipeline.training.trainer import inference_settings
+
+    assert inference_settings({"mirror_tta": True, "mirror_axes": None}, [0, 2])["mirror_axes"] == [0, 2]
+    assert inference_settings({"mirror_tta": True, "mirror_axes": [1]}, [0, 2])["mirror_axes"] == [1]

@@ -142,6 +142,7 @@ def out_of_fold(cfg: Config) -> tuple[pd.DataFrame, dict[str, Any]]:
     means = summarize(case_means(per_case), metrics=("dice",), n_bootstrap=e.n_bootstrap, seed=e.seed)
     folds, spread = _fold_spread(per_case)
     postprocessing = choose_postprocessing(per_case, largest, e)
+    postprocessing["folds"] = [fold_name(k) for k in cfg.cv.folds]  # the folder's ensemble (older folds are stale)
     summary.update(
         {
             MEAN_CLASS: means[MEAN_CLASS],

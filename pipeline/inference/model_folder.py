@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 
 from pipeline.core import io
 from pipeline.networks.factory import build_model
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS = "model.pt"
 META = "model.json"
@@ -141,12 +144,31 @@ def model_folders(paths: str | Path | Sequence[str | Path]) -> list[Path]:
             out.append(path)  # read_meta names what is wrong with it
             continue
         members = sorted((d for d in path.iterdir() if d.is_dir() and (d / META).is_file()), key=_fold_order)
+        members = _listed_folds(path, members)
         if not members:
             raise ModelFolderError(f"{path}: neither a model folder ({META}) nor a folder of model folders")
         out += members
     if not out:
         raise ModelFolderError("no model folder given")
     return out
+
+
+def _listed_folds(path: Path, members: list[Path]) -> list[Path]:
+    """The members a folder of folds lists in its ``postprocessing.json`` (``folds``: the folds ``cv.folds`` trained
+    last), so fold folders left from an earlier run with more folds are not averaged in; all of them without one."""
+    listed = path / POSTPROCESSING
+    if not listed.is_file():
+        return members
+    folds = json.loads(listed.read_text()).get("folds")
+    if folds is None:
+        return members
+    missing = [f for f in folds if not (path / f / META).is_file()]
+    if missing:
+        raise ModelFolderError(f"{listed}: lists fold folder(s) {', '.join(missing)}, not found in {path}")
+    stale = [m.name for m in members if m.name not in folds]
+    if stale:
+        logger.warning("%s: ignoring fold folder(s) %s, not in its %s", path, ", ".join(stale), POSTPROCESSING)
+    return [path / f for f in folds]
 
 
 def check_ensemble(members: Sequence[tuple[Path, dict]]) -> None:

@@ -4,7 +4,9 @@
 orientation and dtype as stored; spacing and shape per RAS axis; the shape of the body crop box (voxels above
 the image minimum, the region :func:`~pipeline.preprocessing.transforms.body_mask` keeps); foreground voxel
 count per class; per channel intensity mean, std, min, max and the 0.5/50/99.5 percentiles inside the
-foreground (label > 0), computed from up to ``samples_per_case`` foreground voxels drawn with a per-case seed.
+foreground (label > 0), computed from up to ``samples_per_case`` foreground voxels drawn with a per-case seed;
+per foreground class its thickness and its centroid along each RAS axis (mm), and the foreground's extent
+along each RAS axis (mm), from which the planner tells classes that lie in a fixed order along an axis.
 The drawn samples are kept (``fingerprint_samples.npz``) for the dataset-level statistics
 (:func:`intensity_statistics`) and to skip unchanged cases on a rerun.
 """
@@ -68,6 +70,23 @@ def structure_thickness(label: np.ndarray, labels: Sequence[int]) -> dict[int, f
     return thickness
 
 
+def class_layout(label: np.ndarray, labels: Sequence[int], zooms: Sequence[float]) -> dict[str, float]:
+    """Centroid (mm, stored axis order) of each foreground class present and the foreground's extent (mm).
+
+    Keys ``centroid_<k>_<axis>`` and ``extent_<axis>``; nothing without foreground."""
+    out: dict[str, float] = {}
+    foreground = label > 0
+    if not foreground.any():
+        return out
+    for axis, extent in enumerate(_bbox_shape(foreground)):
+        out[f"extent_{axis}"] = extent * float(zooms[axis])
+    for k in labels:
+        if k and (label == k).any():
+            for axis, c in enumerate(ndimage.center_of_mass(label == k)):
+                out[f"centroid_{k}_{axis}"] = float(c) * float(zooms[axis])
+    return out
+
+
 def fingerprint_case(
     case: Case, labels: Sequence[int], samples_per_case: int = 10_000, label_values: Sequence[int] = ()
 ) -> tuple[dict, np.ndarray]:
@@ -108,6 +127,11 @@ def fingerprint_case(
         row["thickness_measured"] = True
         for k, voxels in structure_thickness(label, labels).items():
             row[f"thickness_mm_{k}"] = voxels * finest
+        row["layout_measured"] = True
+        for key, value in class_layout(label, labels, zooms).items():
+            name, stored = key.rsplit("_", 1)
+            ras_axis, direction = ornt[int(stored)]  # direction -1: the stored axis runs against RAS
+            row[f"ras_{name}_{int(ras_axis)}"] = value * direction if name.startswith("centroid") else value
     source = "foreground" if foreground.any() else "body"
     where = np.flatnonzero(foreground if foreground.any() else body.ravel() if body.any() else np.ones(body.size, bool))
     rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
@@ -159,7 +183,7 @@ def fingerprint_dataset(
     for case in info.cases:
         old = cached_rows.get(case.case_id)
         if old is not None and case.case_id in cached_samples and old.get("source_key") == source_key(case) and (
-            "thickness_measured" in old or case.label is None
+            "layout_measured" in old or case.label is None
         ):
             rows[case.case_id], samples[case.case_id] = old, cached_samples[case.case_id]
         else:

@@ -212,6 +212,7 @@ def _fingerprint_summary(
         "median_preprocessed_shape": [round(v, 2) for v in median],
         "dataset_voxels": float(np.sum(voxels)),
         "thickness_mm": _median_thickness(fingerprints),
+        "class_order": class_order(fingerprints),
         "memory_budget_gb": cfg.memory_budget_gb,
         "intensity": stats,
     }
@@ -245,6 +246,38 @@ def _median_thickness(fingerprints: pd.DataFrame) -> float | None:
         return None
     per_class = [float(np.nanmedian(fingerprints[c].to_numpy(float))) for c in columns]
     return round(float(np.median(per_class)), 4)
+
+
+ORDER_CONSISTENCY = 0.9  # share of cases in which one class lies on the same side of another
+ORDER_SEPARATION = 0.2  # median centroid distance along the axis, as a share of the foreground's extent
+ORDER_MIN_CASES = 3
+
+
+def class_order(fingerprints: pd.DataFrame) -> list[dict]:
+    """Pairs of classes that lie in a fixed order along a RAS axis (the anterior and posterior hippocampus along
+    posterior-anterior): in at least ``ORDER_CONSISTENCY`` of the cases holding both, one class's centroid is on
+    the same side of the other's, ``ORDER_SEPARATION`` of the foreground's extent apart or more (median).
+    Flipping that axis would swap what tells the two classes apart, so the plan does not flip it."""
+    out = []
+    for axis in range(3):
+        extent = f"ras_extent_{axis}"
+        if extent not in fingerprints:
+            continue
+        prefix, suffix = "ras_centroid_", f"_{axis}"
+        columns = [c for c in fingerprints if c.startswith(prefix) and c.endswith(suffix)]
+        classes = sorted(int(c[len(prefix) : -len(suffix)]) for c in columns)
+        for i, a in enumerate(classes):
+            for b in classes[i + 1 :]:
+                both = fingerprints[[f"{prefix}{a}{suffix}", f"{prefix}{b}{suffix}", extent]].dropna().to_numpy(float)
+                if len(both) < ORDER_MIN_CASES:
+                    continue
+                rel = (both[:, 1] - both[:, 0]) / np.maximum(both[:, 2], 1e-6)
+                same = max(float(np.mean(rel > 0)), float(np.mean(rel < 0)))
+                separation = float(np.median(rel))
+                if same >= ORDER_CONSISTENCY and abs(separation) >= ORDER_SEPARATION:
+                    out.append({"axis": axis, "classes": [a, b], "consistency": round(same, 3),
+                                "separation": round(separation, 3)})
+    return out
 
 
 def _spacing_reason(slow: int | None, single: int | None, cfg: PreprocessConfig) -> str:

@@ -17,6 +17,8 @@ batch_size         ``train.batch_size``            :func:`~pipeline.preprocessin
 depth              ``train.model.depth``           pooling steps of the planned topology
 full_resolution    ``train.model.                  ``base_width // 2`` for ``monai_unet`` when the typical
                    full_resolution_width``         structure is under ``THIN_VOXELS`` (4) voxels, else 0
+flip_axes          ``train.flip_axes``             every axis but those along which two classes lie in a
+                                                   fixed order (also ``inference.mirror_axes`` when unset)
 strides, kernels   (follow patch and depth)        :func:`~pipeline.preprocessing.topology.plan_topology`
 foreground_ratio   ``sample.foreground_ratio``     0.5
 iters_per_epoch    ``train.iters_per_epoch``       one pass over the cases, 25-250 batches
@@ -99,6 +101,7 @@ def plan_settings(summary: Mapping[str, Any], spacing: Sequence[float], cfg: Con
     dims = out["dims"]["value"]
     out["slice_axis"] = _entry(axis, s.slice_axis, why if dims == 2 else "unused in 3D")
     axes = [a for a in range(3) if dims == 3 or a != out["slice_axis"]["value"]]
+    out["flip_axes"] = _flip_axes(summary.get("class_order") or [], cfg.train.flip_axes)
     out.update(_network(summary, [spacing[a] for a in axes], axes, dims, cfg))
     out.update(_schedule(summary, out, cfg))
     return out
@@ -129,6 +132,22 @@ def _network(summary: Mapping[str, Any], spacing: list[float], axes: list[int], 
     out["strides"] = {"value": network["strides"], "source": PLANNED, "reason": derived}
     out["kernel_sizes"] = {"value": network["kernel_sizes"], "source": PLANNED, "reason": derived}
     return out
+
+
+def _flip_axes(class_order: Sequence[Mapping], override: Sequence[int] | None) -> dict:
+    """Volume axes flipped in augmentation: every axis but those along which two classes lie in a fixed order
+    (:func:`~pipeline.preprocessing.planner.class_order`), where a flip would swap what tells them apart."""
+    kept = [a for a in range(3) if all(o["axis"] != a for o in class_order)]
+    if len(kept) == 3:
+        reason = "no two classes lie in a fixed order along any axis: every axis"
+    else:
+        pairs = "; ".join(
+            f"classes {o['classes'][0]} and {o['classes'][1]} along {AXIS_NAMES[o['axis']]} "
+            f"({o['consistency']:.0%} of cases, {abs(o['separation']):.2f} of the foreground apart)"
+            for o in class_order
+        )
+        reason = f"not flipped where classes lie in a fixed order: {pairs}"
+    return _entry(kept, None if override is None else list(override), reason)
 
 
 def _full_resolution(thickness_mm: float | None, spacing: list[float], cfg: Config) -> dict:

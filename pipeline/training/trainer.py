@@ -148,7 +148,7 @@ def setup(cfg: Config) -> Session:
     plan = load_plan(pre_dir)
     settings = resolve(plan, cfg)  # the plan's settings, planned or overridden by the config
     st = values(settings)
-    flip_dims = window_dims(t_cfg.flip_axes, st["dims"], st["slice_axis"], "train.flip_axes")
+    flip_dims = window_dims(st["flip_axes"], st["dims"], st["slice_axis"], "train.flip_axes")
     # checked now, not at the first prediction
     window_dims(t_cfg.inference.mirror_axes, st["dims"], st["slice_axis"], "train.inference.mirror_axes")
     rank, world, device = init_distributed()
@@ -234,10 +234,15 @@ def _model_meta(s: Session, in_channels: int, model_kwargs: dict) -> dict:
         "patch_size": list(s.setting("patch_size")),
         "slice_axis": s.setting("slice_axis"),
         "settings": s.settings,
-        "inference": to_dict(t_cfg.inference),
+        "inference": inference_settings(to_dict(t_cfg.inference), s.setting("flip_axes")),
         "config": public_config(to_dict(s.cfg)),
         "parameters": count_parameters(s.model),
     }
+
+
+def inference_settings(inference: dict, flip_axes: list[int]) -> dict:
+    """The model folder's inference settings: test-time mirroring, when unset, mirrors the training flips."""
+    return {**inference, "mirror_axes": flip_axes if inference["mirror_axes"] is None else inference["mirror_axes"]}
 
 
 def run_epoch(s: Session, epoch: int, progress: float) -> dict:
