@@ -328,3 +328,24 @@ def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_pa
     _png(tmp_path / "labels" / "21_manual2.png", mask)  # two labels start with 21: no guessing
     problems = read_dataset(tmp_path, "auto").problems
     assert any(p.problem == "no label file for this image" for p in problems)
+
+
+def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tmp_path: Path) -> None:
+    """images/ + masks/ (as many 2D sets come) pairs; DRIVE as distributed (1st_manual/, and mask/ for the field of
+    view) is refused with one folder-level line naming what lies beside images/, never paired with the wrong masks."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for n in (1, 2):
+        _png(tmp_path / "kvasir" / "images" / f"p{n}.png", rgb)
+        _png(tmp_path / "kvasir" / "masks" / f"p{n}.png", mask)
+        _png(tmp_path / "drive" / "images" / f"{n}_training.png", rgb)
+        _png(tmp_path / "drive" / "1st_manual" / f"{n}_manual1.png", mask)
+        _png(tmp_path / "drive" / "mask" / f"{n}_training_mask.png", mask)
+    info = read_dataset(tmp_path / "kvasir", "auto")
+    assert not info.problems and [c.label.parent.name for c in info.cases] == ["masks", "masks"]
+    problems = read_dataset(tmp_path / "drive", "auto").problems
+    assert not read_dataset(tmp_path / "drive", "auto").cases
+    folder = [p.problem for p in problems if p.case_id == "(dataset)"]
+    assert folder == [
+        "no labels/ or masks/ folder of label masks beside images/ (beside it: 1st_manual, mask); "
+        "put the masks in labels/ (names equal to the images', or sharing their leading part)"
+    ]

@@ -248,10 +248,14 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     return images, label_files, groups
 
 
+#: an image folder and the folders its label masks may be in (the first found)
+LABEL_FOLDERS = {"images": ("labels", "masks"), "imagesTr": ("labelsTr",)}
+
+
 def read_folder(root: str | Path) -> DatasetInfo:
     """Read image and label files paired by case id.
 
-    Either ``images/`` + ``labels/`` (or ``imagesTr/`` + ``labelsTr/``) with equal file names (or names
+    Either ``images/`` + ``labels/`` (or ``masks/``; or ``imagesTr/`` + ``labelsTr/``) with equal file names (or names
     that differ only after a leading part naming one image and one label, as ``21_training`` and
     ``21_manual1``), or a folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also ``_img``;
     ``_seg``, ``_mask``; a bare ``<case>`` is an image) searched at any depth: the first sub-folder of a
@@ -268,12 +272,15 @@ def read_folder(root: str | Path) -> DatasetInfo:
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
-    for images_name, labels_name in (("images", "labels"), ("imagesTr", "labelsTr")):
+    for images_name, labels_names in LABEL_FOLDERS.items():
         if (root / images_name).is_dir():
             images = _by_stem(image_files(root / images_name), problems)
-            if (root / labels_name).is_dir():
-                label_files = _by_stem(image_files(root / labels_name), problems)
+            found = [root / n for n in labels_names if (root / n).is_dir()]
+            if found:
+                label_files = _by_stem(image_files(found[0]), problems)
                 label_files = _pair_by_leading_part(images, label_files)
+            else:
+                problems.append(_no_label_folder(root, images_name, labels_names))
             break
     else:
         images, label_files, groups = _flat_files(root, problems)
@@ -292,6 +299,18 @@ def read_folder(root: str | Path) -> DatasetInfo:
         if cid not in images and not any(_channel_of(s, label_files) == cid for s in images):
             problems.append(Problem(cid, str(label), "no image file for this label"))
     return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
+
+
+def _no_label_folder(root: Path, images_name: str, labels_names: tuple[str, ...]) -> Problem:
+    """The folder-level problem of an ``images/`` folder without its label folder, naming what lies beside it."""
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != images_name and p.name[0] != ".")
+    beside = f" (beside it: {', '.join(others)})" if others else ""
+    return Problem(
+        DATASET_ROW,
+        str(root / images_name),
+        f"no {' or '.join(n + '/' for n in labels_names)} folder of label masks beside {images_name}/{beside}; "
+        f"put the masks in {labels_names[0]}/ (names equal to the images', or sharing their leading part)",
+    )
 
 
 def _channel_of(stem: str, label_files: dict[str, Path]) -> str | None:
