@@ -97,6 +97,7 @@ def test_the_paragraph_states_what_the_files_hold(study: Config) -> None:
     assert "largest connected component was applied to organ" in results
     assert "Test set (2 cases): mean Dice 0.812; organ 0.812 (95% CI 0.790-0.830)" in results
     assert "0.812 against 0.791 for fold_0 alone: difference 0.021 (paired bootstrap 95% CI 0.004 to 0.041" in results
+    assert "Wilcoxon p = 0.031, 2 cases" in results
     html = results_sections(study, [Path("models/fold_0"), Path("models/fold_1")])[0]
     assert "Methods and results" in html and "Cross-validation (out-of-fold)" in html
 
@@ -125,3 +126,9 @@ def test_without_dvc_lock_or_cross_validation_it_says_so(study: Config) -> None:
     methods, results = _text(study)
     assert "from data/raw (not in a dvc.lock" in methods
     assert "Cross-validation" not in results and results.startswith("Test set (2 cases)")
+
+
+def test_a_small_p_value_is_not_printed_as_zero() -> None:
+    from pipeline.evaluation.methods import p_value
+
+    assert p_value(1.3e-6) == "< 0.001" and p_value(0.0312) == "= 0.031" and p_value(None) == "= –"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,8 @@ def _results(summary: Mapping[str, Any], cv: Mapping[str, Any] | None) -> str:
             f"The ensemble of {len(ens.get('folds', []))} folds (probabilities averaged) scored per-case mean Dice "
             f"{_fmt(ens.get('mean_dice_ensemble'))} against {_fmt(ens.get('mean_dice_single'))} for "
             f"{ens.get('single')} alone: difference {_fmt(ens.get('mean_diff'))} (paired bootstrap 95% CI "
-            f"{_fmt(ens.get('ci95_low'))} to {_fmt(ens.get('ci95_high'))}, Wilcoxon p = "
-            f"{_fmt(ens.get('wilcoxon_p'))}, {_fmt(ens.get('n_pairs'))} cases)."
+            f"{_fmt(ens.get('ci95_low'))} to {_fmt(ens.get('ci95_high'))}, Wilcoxon p "
+            f"{p_value(ens.get('wilcoxon_p'))}, {_fmt(ens.get('n_pairs'))} cases)."
         )
     return " ".join(parts)
 
@@ -201,11 +202,18 @@ def cv_section(cv: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def p_value(p: Any) -> str:
+    """``= 0.012`` or ``< 0.001`` (three decimals would print a small p as 0.000)."""
+    if isinstance(p, (int, float)) and math.isfinite(p) and p < 0.001:
+        return "< 0.001"
+    return f"= {_fmt(p)}"
+
+
 def ensemble_section(table: pd.DataFrame) -> str:
     """HTML: the ensemble against its first fold alone on the test set, per class and per-case mean."""
     rows = [
         [r.class_name, r.n_pairs, r.mean_a, r.mean_b, r.mean_diff, f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]",
-         r.wilcoxon_p]
+         p_value(r.wilcoxon_p).removeprefix("= ")]
         for r in table.itertuples()
     ]  # fmt: skip
     first = table.iloc[0]
