@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import yaml
 
@@ -68,4 +71,21 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = write_params(root / "base.yaml", params)
     assert preprocess.main(["--config", str(config)]) == 0
     assert sample.main(["--config", str(config)]) == 0
+    return root
+
+
+def write_msd_cases(
+    root: Path, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: dict[str, str], prefix: str = "c"
+) -> Path:
+    """An MSD folder of NIfTI ``(image, label, affine)`` cases ``<prefix>0``, ``<prefix>1``, ..., with dataset.json."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, (image, label, affine) in enumerate(cases):
+        cid = f"{prefix}{i}"
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"{cid}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"{cid}.nii.gz")
+        training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
+    meta = {"name": root.name, "modality": {"0": "MR"}, "labels": labels, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
     return root

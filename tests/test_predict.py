@@ -399,8 +399,9 @@ def test_a_folder_of_folds_ensembles_only_the_folds_its_pool_stage_listed(tmp_pa
     for k in range(3):  # fold_2 is left from an earlier run with more folds
         model_folder(folds / f"fold_{k}", seed=k)
     assert [p.name for p in model_folders(folds)] == ["fold_0", "fold_1", "fold_2"]  # nothing listed: every one
-    (folds / "postprocessing.json").write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_1"]}))
+    listed = folds / "postprocessing.json"
+    listed.write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_1"]}))
     assert [p.name for p in model_folders(folds)] == ["fold_0", "fold_1"]
-    (folds / "postprocessing.json").write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_4"]}))
+    listed.write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_4"]}))
     with pytest.raises(ModelFolderError, match="fold_4, not found"):
         model_folders(folds)

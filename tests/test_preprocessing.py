@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_msd_cases
 from monai.data import MetaTensor
 
 from pipeline.config import PreprocessConfig
@@ -159,10 +159,8 @@ def test_hippocampus_subset_round_trips_exactly(tmp_path: Path) -> None:
 
 def small_dataset(root: Path, n: int = 5) -> Path:
     """Anisotropic MR-like cases (0.8 x 0.8 x 3.2 mm) in mixed orientations, labels 1 and 2."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
     rng = np.random.default_rng(0)
-    training = []
+    cases = []
     for i in range(n):
         image = rng.normal(100, 10, (40, 36, 10)).astype(np.float32)
         image[:3] = 0  # background to crop
@@ -175,14 +173,8 @@ def small_dataset(root: Path, n: int = 5) -> Path:
             image, label = image[::-1, ::-1].copy(), label[::-1, ::-1].copy()
             affine = np.diag([-0.8, -0.8, 3.2, 1.0])
             affine[:2, 3] = [0.8 * 39, 0.8 * 35]
-        cid = f"case_{i}"
-        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"{cid}.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"{cid}.nii.gz")
-        training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
-    labels = {"0": "background", "1": "organ", "2": "lesion"}
-    meta = {"name": "small", "modality": {"0": "MR"}, "labels": labels, "training": training}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
+        cases.append((image, label, affine))
+    return write_msd_cases(root, cases, {"0": "background", "1": "organ", "2": "lesion"}, prefix="case_")
 
 
 def outputs(out: Path) -> dict[str, object]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import write_msd_cases
 
 from pipeline.config import ConfigError, from_dict
 from pipeline.core.dataset import read_dataset
@@ -148,9 +149,7 @@ def test_thin_structures_plan_a_full_resolution_level_and_its_cost(tmp_path: Pat
 def _two_part_structure(root: Path, nested: bool) -> Path:
     """Four cases of two classes: 1 in front of 2 along posterior-anterior (or 2 inside 1 when ``nested``),
     two of them stored with flipped x and y axes (LPS-like), so only RAS coordinates show the order."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
+    cases = []
     for i in range(4):
         label = np.zeros((24, 32, 20), np.uint8)
         shift = i  # positions vary from case to case; the order does not
@@ -165,13 +164,8 @@ def _two_part_structure(root: Path, nested: bool) -> Path:
             label = label[::-1, ::-1].copy()
             affine = np.diag([-1.0, -1.0, 1.0, 1.0])
         image = np.random.default_rng(i).normal(0, 1, label.shape).astype(np.float32) + label
-        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"c{i}.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"c{i}.nii.gz")
-        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
-    labels = {"0": "background", "1": "anterior", "2": "posterior"}
-    meta = {"name": "t", "modality": {"0": "MR"}, "labels": labels, "training": training}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
+        cases.append((image, label, affine))
+    return write_msd_cases(root, cases, {"0": "background", "1": "anterior", "2": "posterior"})
 
 
 def test_axes_along_which_classes_lie_in_a_fixed_order_are_not_flipped(tmp_path: Path) -> None:
