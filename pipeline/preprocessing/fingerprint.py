@@ -124,10 +124,9 @@ def fingerprint_case(
                 row[f"voxels_{k}"] = int(counts[k])
         foreground = label > 0
         finest = min((float(z) for z, n in zip(zooms, spatial, strict=True) if n > 1), default=1.0)
-        row["thickness_measured"] = True
         for k, voxels in structure_thickness(label, labels).items():
             row[f"thickness_mm_{k}"] = voxels * finest
-        row["layout_measured"] = True
+        row["layout_measured"] = True  # thickness and class layout: a row from before lacks them
         for key, value in class_layout(label, labels, zooms).items():
             name, stored = key.rsplit("_", 1)
             ras_axis, direction = ornt[int(stored)]  # direction -1: the stored axis runs against RAS

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import LABEL_TAGS, image_files, untag
+from pipeline.core.dataset import CHANNEL_FILE, LABEL_TAGS, image_files, untag
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,
@@ -50,7 +49,6 @@ from pipeline.inference.predictor import Prediction, Predictor, UnreadableScanEr
 
 logger = logging.getLogger("pipeline.tools.predict")
 
-CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _without_masks(files: list[Path]) -> list[Path]:
@@ -84,7 +82,7 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     groups: dict[str, dict[int, Path]] = {}
     cases = []
     for f in files:
-        m = CHANNEL.match(strip_suffix(f.name))
+        m = CHANNEL_FILE.match(strip_suffix(f.name))
         if m is None:  # one file holding every channel
             cases.append(Case(strip_suffix(f.name), (f,)))
         else:
