@@ -184,3 +184,55 @@ def test_test_time_mirroring_follows_the_planned_flips_unless_set() -> None:
 
     assert inference_settings({"mirror_tta": True, "mirror_axes": None}, [0, 2])["mirror_axes"] == [0, 2]
     assert inference_settings({"mirror_tta": True, "mirror_axes": [1]}, [0, 2])["mirror_axes"] == [1]
+
+
+def _pictures(root: Path, ribbon: bool) -> Path:
+    """Three 1024x1024 one-slice pictures: a 512-pixel square (thick) or a 3-pixel ribbon (thin) labelled 1."""
+    write_msd(root, (1024, 1024, 1), (1.0, 1.0, 1.0))
+    if ribbon:
+        for path in sorted((root / "labelsTr").iterdir()):
+            label = np.zeros((1024, 1024, 1), np.uint8)
+            label[100:900, 500:503] = 1
+            nib.save(nib.Nifti1Image(label, np.eye(4)), path)
+    return root
+
+
+def test_large_pictures_trade_resolution_for_training_steps_only_for_thick_structures(tmp_path: Path) -> None:
+    from pipeline.preprocessing.planner import COARSE_MIN_VOXELS
+    from pipeline.preprocessing.settings import MIN_STEPS, training_steps
+
+    budget = {"train": {"target_minutes": 15}}
+    full = plan_for(_pictures(tmp_path / "thick", ribbon=False), {"train": {"target_minutes": 15, "epochs": 30}})
+    assert full.target_spacing == (1.0, 1.0, 1.0)  # an explicit epoch count: the plan does not trade anything
+    assert "lowered" not in full.settings["batch_size"]["reason"]
+    thick = plan_for(tmp_path / "thick", budget)
+    factor = thick.target_spacing[0]
+    assert factor > 1 and thick.target_spacing[1] == factor and thick.target_spacing[2] == 1.0  # one slice kept
+    reason = thick.settings["target_spacing"]["reason"]
+    assert thick.settings["target_spacing"]["source"] == "planned" and "training steps" in reason
+    assert training_steps(thick.settings) >= MIN_STEPS and 512 / factor >= COARSE_MIN_VOXELS
+    assert max(thick.setting("patch_size")) <= 1024 / factor + 32  # the whole coarser picture, not a crop
+    # the same pictures with a 3-pixel ribbon keep their resolution and crop the patch instead
+    thin = plan_for(_pictures(tmp_path / "thin", ribbon=True), budget)
+    assert thin.target_spacing == (1.0, 1.0, 1.0)
+    assert "cropped" in thin.settings["patch_size"]["reason"]
+    assert min(thin.setting("patch_size")) >= 512  # never below half the median picture
+    explicit = plan_for(tmp_path / "thin", {"train": {"target_minutes": 15}, "sample": {"patch_size": [256, 256]}})
+    assert explicit.setting("patch_size") == [256, 256] and explicit.target_spacing == (1.0, 1.0, 1.0)
+
+
+def test_many_cases_shorten_the_epochs_instead_of_overrunning_the_budget() -> None:
+    summary = {  # 3,000 pictures of 256x256 (a multi-channel slice dataset)
+        "median_spacing": [1.0, 1.0, 1.0],
+        "median_preprocessed_shape": [256.0, 256.0, 1.0],
+        "n_cases": 3000,
+        "dataset_voxels": 3000 * 65536.0,
+        "single_axis": 2,
+        "slow_axis": None,
+    }
+    settings = plan_settings(summary, [1.0, 1.0, 1.0], from_dict({"train": {"target_minutes": 15}}))
+    epochs, iters = settings["epochs"]["value"], settings["iters_per_epoch"]["value"]
+    per_epoch = float(settings["epochs"]["reason"].split("estimated ")[1].split(" s/epoch")[0])
+    assert epochs >= 10 and epochs * per_epoch <= 15 * 60 * 1.05  # ten epochs, inside the budget
+    assert iters < 3000 / settings["batch_size"]["value"]  # not one pass over the cases per epoch
+    assert "10 epochs in the budget" in settings["iters_per_epoch"]["reason"]

@@ -11,6 +11,10 @@ Every value is overridable in the config (:func:`make_plan`):
   percentiles of the dataset's foreground, then z-score with the mean/std of the clipped foreground samples;
   anything else -> per-image z-score.
 * a one-slice axis (a 2D dataset) is never resampled.
+* resolution for training steps (:func:`coarsen_for_steps`): when the budget buys fewer than
+  ``settings.MIN_STEPS`` training steps at that spacing (large 2D pictures on a CPU), the spacing across the
+  slices is coarsened by the smallest factor that buys them, as long as the thinnest class stays
+  ``COARSE_MIN_VOXELS`` voxels thick; thin structures keep their resolution (their patch is cropped instead).
 * the training settings (2D or 3D and why, slice axis, patch, batch, network topology, foreground
   oversampling, iterations, epochs), each planned or overridden by the config, with its source:
   :mod:`pipeline.preprocessing.settings` (``Plan.settings``, read by every later stage).
@@ -21,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +35,7 @@ from pipeline.core.cases import DatasetInfo
 from pipeline.core.image2d import match_channels
 from pipeline.preprocessing.fingerprint import intensity_statistics
 from pipeline.preprocessing.plan import Plan
-from pipeline.preprocessing.settings import plan_settings
+from pipeline.preprocessing.settings import MIN_STEPS, plan_settings, training_steps
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +139,13 @@ def make_plan(
     intensity = plan_normalization(info.modalities, n_channels, stats, cfg.normalization, cfg.ct_clip, cfg.ct_mean_std)
     schemes = {c["scheme"] for c in intensity}
     normalization = schemes.pop() if len(schemes) == 1 else "mixed"
-    summary = _fingerprint_summary(fingerprints, planned, spacing, slow, single, stats, cfg)
+    def summary_at(target: Sequence[float]) -> dict:
+        return _fingerprint_summary(fingerprints, planned, target, slow, single, stats, cfg)
+
+    spacing, coarser = coarsen_for_steps(summary_at, spacing, study)
+    summary = summary_at(spacing)
     settings = {
-        **_preprocess_settings(spacing, intensity, slow, single, cfg),
+        **_preprocess_settings(spacing, intensity, slow, single, cfg, coarser),
         **plan_settings(summary, spacing, study),
     }
     plan = Plan(
@@ -212,6 +220,7 @@ def _fingerprint_summary(
         "median_preprocessed_shape": [round(v, 2) for v in median],
         "dataset_voxels": float(np.sum(voxels)),
         "thickness_mm": _median_thickness(fingerprints),
+        "thinnest_mm": _thinnest(fingerprints),
         "class_order": class_order(fingerprints),
         "memory_budget_gb": cfg.memory_budget_gb,
         "intensity": stats,
@@ -219,14 +228,19 @@ def _fingerprint_summary(
 
 
 def _preprocess_settings(
-    spacing: Sequence[float], intensity: list[dict], slow: int | None, single: int | None, cfg: PreprocessConfig
+    spacing: Sequence[float],
+    intensity: list[dict],
+    slow: int | None,
+    single: int | None,
+    cfg: PreprocessConfig,
+    coarser: str = "",
 ) -> dict[str, dict]:
     """The target spacing and normalisation settings, each with its source and reason."""
     return {
         "target_spacing": {
             "value": list(spacing),
             "source": "overridden" if cfg.target_spacing else "planned",
-            "reason": "set in the config" if cfg.target_spacing else _spacing_reason(slow, single, cfg),
+            "reason": "set in the config" if cfg.target_spacing else coarser or _spacing_reason(slow, single, cfg),
         },
         "normalization": {
             "value": [c["scheme"] for c in intensity],
@@ -238,14 +252,66 @@ def _preprocess_settings(
     }
 
 
-def _median_thickness(fingerprints: pd.DataFrame) -> float | None:
-    """The typical structure's thickness (mm): each class's median over cases, then the median over classes;
-    None without foreground."""
+def _class_thickness(fingerprints: pd.DataFrame) -> list[float]:
+    """Each foreground class's median thickness over the cases (mm)."""
     columns = [c for c in fingerprints if str(c).startswith("thickness_mm_") and fingerprints[c].notna().any()]
-    if not columns:
-        return None
-    per_class = [float(np.nanmedian(fingerprints[c].to_numpy(float))) for c in columns]
-    return round(float(np.median(per_class)), 4)
+    return [float(np.nanmedian(fingerprints[c].to_numpy(float))) for c in columns]
+
+
+def _median_thickness(fingerprints: pd.DataFrame) -> float | None:
+    """The typical structure's thickness (mm): the median over classes; None without foreground."""
+    per_class = _class_thickness(fingerprints)
+    return round(float(np.median(per_class)), 4) if per_class else None
+
+
+def _thinnest(fingerprints: pd.DataFrame) -> float | None:
+    """The thinnest class's thickness (mm); None without foreground."""
+    per_class = _class_thickness(fingerprints)
+    return round(min(per_class), 4) if per_class else None
+
+
+COARSENING = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # factors tried on the spacing across the slices, smallest first
+COARSE_MIN_VOXELS = 20.0  # the thinnest class keeps this many voxels: a voxel of boundary error costs <= ~10% Dice
+
+
+def coarsen_for_steps(
+    summary_at: Callable[[Sequence[float]], dict], spacing: Sequence[float], study: Config
+) -> tuple[tuple[float, float, float], str]:
+    """The target spacing coarsened (across the slices: every axis of a 3D plan, the in-plane axes of a 2D
+    one) by the smallest factor of ``COARSENING`` at which the budget buys ``MIN_STEPS`` training steps
+    without cropping the patch, while the thinnest class stays ``COARSE_MIN_VOXELS`` voxels thick (else the
+    largest such factor). Returns the spacing and its reason ("" when unchanged): unchanged when the plan
+    already has the steps, or the config sets the spacing, the patch or the epochs.
+
+    ``summary_at(spacing)`` is the plan's dataset summary at a candidate spacing.
+    """
+    if study.preprocess.target_spacing or study.sample.patch_size is not None or study.train.epochs is not None:
+        return tuple(spacing), ""  # type: ignore[return-value]
+    base = summary_at(spacing)
+    settings = plan_settings(base, spacing, study, crop=False)
+    first, thinnest = training_steps(settings), base.get("thinnest_mm")
+    if first >= MIN_STEPS or not thinnest:
+        return tuple(spacing), ""  # type: ignore[return-value]
+    dims, axis = settings["dims"]["value"], settings["slice_axis"]["value"]
+    axes = [a for a in range(3) if dims == 3 or a != axis]
+    chosen = None
+    for factor in COARSENING:
+        target = _rounded(np.array([s * factor if a in axes else s for a, s in enumerate(spacing)]))
+        voxels = thinnest / min(target[a] for a in axes)
+        if voxels < COARSE_MIN_VOXELS:
+            break
+        steps = training_steps(plan_settings(summary_at(target), target, study, crop=False))
+        chosen = (target, factor, steps, voxels)
+        if steps >= MIN_STEPS:
+            break
+    if chosen is None:
+        return tuple(spacing), ""  # type: ignore[return-value]
+    target, factor, steps, voxels = chosen
+    return target, (
+        f"median spacing x{factor:g} across the slices: at the median the budget buys {first} training steps "
+        f"(< {MIN_STEPS}), at x{factor:g} {steps}; the thinnest class is still {voxels:.0f} voxels thick "
+        f"(>= {COARSE_MIN_VOXELS:g})"
+    )
 
 
 ORDER_CONSISTENCY = 0.9  # share of cases in which one class lies on the same side of another

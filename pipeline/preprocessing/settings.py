@@ -12,8 +12,10 @@ setting            config key                      planned
 =================  ==============================  ===============================================
 dims               ``sample.mode``                 2 for a one-slice axis or anisotropic spacing, else 3
 slice_axis         ``sample.slice_axis``           the one-slice axis, else the slow axis, else 2
-patch_size         ``sample.patch_size``           median shape shrunk to the memory budget
-batch_size         ``train.batch_size``            :func:`~pipeline.preprocessing.topology.plan_batch`
+patch_size         ``sample.patch_size``           median shape shrunk to the memory budget (2D: then cropped,
+                                                   to half the median shape at most, for ``MIN_STEPS``)
+batch_size         ``train.batch_size``            :func:`~pipeline.preprocessing.topology.plan_batch`, lowered
+                                                   for ``MIN_STEPS`` training steps in the budget
 depth              ``train.model.depth``           pooling steps of the planned topology
 full_resolution    ``train.model.                  ``base_width // 2`` for ``monai_unet`` when the typical
                    full_resolution_width``         structure is under ``THIN_VOXELS`` (4) voxels, else 0
@@ -21,9 +23,16 @@ flip_axes          ``train.flip_axes``             every axis but those along wh
                                                    fixed order (also ``inference.mirror_axes`` when unset)
 strides, kernels   (follow patch and depth)        :func:`~pipeline.preprocessing.topology.plan_topology`
 foreground_ratio   ``sample.foreground_ratio``     0.5
-iters_per_epoch    ``train.iters_per_epoch``       one pass over the cases, 25-250 batches
+iters_per_epoch    ``train.iters_per_epoch``       one pass over the cases, 25-250 batches (fewer when
+                                                   ``MIN_EPOCHS`` such passes do not fit the budget)
 epochs             ``train.epochs``                ``train.target_minutes`` by the clock-free cost model
 =================  ==============================  ===============================================
+
+Training steps: a CPU budget can buy too few optimiser steps to train at all (the chest X-rays' 832x832
+patches at batch 2: 518 steps in 15 minutes). The plan aims for ``MIN_STEPS`` (the hippocampus plan has
+4,500): it lowers the batch (not below ``MIN_BATCH``), then, for 2D, crops the patch (never below half the
+median image); the planner may first coarsen the in-plane spacing for thick structures
+(:func:`pipeline.preprocessing.planner.coarsen_for_steps`). An explicit ``train.epochs`` turns this off.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ PLANNED, OVERRIDDEN = "planned", "overridden"
 FOREGROUND_RATIO = 0.5
 MIN_ITERS, MAX_ITERS = 25, 250
 MIN_EPOCHS, MAX_EPOCHS = 10, 1000
+MIN_STEPS = 2000  # training steps the plan aims for within the budget (the hippocampus plan has ~4,500)
 AXIS_NAMES = ("left-right", "posterior-anterior", "inferior-superior")
 
 
@@ -84,11 +94,15 @@ def _depth_topology(planned: dict, depth: int, dims: int) -> dict:
     return {"strides": strides, "kernel_sizes": kernels, "pool_per_axis": pools, "depth": depth}
 
 
-def plan_settings(summary: Mapping[str, Any], spacing: Sequence[float], cfg: Config) -> dict[str, dict]:
+def plan_settings(
+    summary: Mapping[str, Any], spacing: Sequence[float], cfg: Config, crop: bool = True
+) -> dict[str, dict]:
     """The training settings for a dataset ``summary`` (plan fingerprint) at ``spacing``, with overrides.
 
     ``summary`` needs ``median_spacing``, ``median_preprocessed_shape``, ``n_cases``, ``dataset_voxels``,
-    ``single_axis`` and ``slow_axis``. Raises ConfigError for overrides that contradict each other.
+    ``single_axis`` and ``slow_axis``. ``crop=False``: a 2D patch is not cropped for more training steps
+    (the planner's question: does this spacing reach them without it?). Raises ConfigError for overrides
+    that contradict each other.
     """
     s = cfg.sample
     dims, axis, why = plan_dims(
@@ -104,15 +118,63 @@ def plan_settings(summary: Mapping[str, Any], spacing: Sequence[float], cfg: Con
     out["flip_axes"] = _flip_axes(summary.get("class_order") or [], cfg.train.flip_axes)
     out.update(_network(summary, [spacing[a] for a in axes], axes, dims, cfg))
     out.update(_schedule(summary, out, cfg))
+    return _more_steps(summary, [spacing[a] for a in axes], axes, out, cfg, crop)
+
+
+def training_steps(settings: Mapping[str, Mapping]) -> int:
+    """Optimiser steps of a plan: epochs x iterations per epoch."""
+    return int(settings["epochs"]["value"]) * int(settings["iters_per_epoch"]["value"])
+
+
+def _more_steps(
+    summary: Mapping[str, Any], spacing: list[float], axes: list[int], out: dict, cfg: Config, crop: bool
+) -> dict:
+    """Lower the planned batch, then (2D, ``crop``) crop the planned patch, until the budget buys ``MIN_STEPS``
+    training steps, or neither can go further. Nothing changes when the config sets ``train.epochs``."""
+    s, t, first = cfg.sample, cfg.train, training_steps(out)
+    if t.epochs is not None or first >= MIN_STEPS:
+        return out
+    dims = out["dims"]["value"]
+    fixed = {"patch": list(out["patch_size"]["value"]), "batch": int(out["batch_size"]["value"])}
+    smallest = [max(topo.MIN_PATCH, math.ceil(summary["median_preprocessed_shape"][a] / 2)) for a in axes]
+    why = f"for {MIN_STEPS} training steps in the budget ({first} without)"
+    while training_steps(out) < MIN_STEPS:
+        pools = [sum(1 for step in out["strides"]["value"] if step[i] > 1) for i in range(dims)]
+        cut = [p - 2**k for p, k in zip(fixed["patch"], pools, strict=True)]
+        shrinkable = [i for i in range(dims) if cut[i] >= smallest[i]]
+        if t.batch_size is None and fixed["batch"] > topo.MIN_BATCH:
+            fixed.update(batch=fixed["batch"] - 1, batch_reason=f"lowered {why}")
+        elif crop and dims == 2 and s.patch_size is None and shrinkable:
+            i = max(shrinkable, key=lambda a: (fixed["patch"][a] * spacing[a], fixed["patch"][a]))
+            fixed["patch"][i] = cut[i]
+            fixed["patch_reason"] = f"cropped {why}, at least half the median shape"
+            fixed.setdefault("batch_reason", out["batch_size"]["reason"])  # a smaller patch keeps its batch
+        else:
+            break
+        out = {**out, **_network(summary, spacing, axes, dims, cfg, fixed)}
+        out.update(_schedule(summary, out, cfg))
     return out
 
 
-def _network(summary: Mapping[str, Any], spacing: list[float], axes: list[int], dims: int, cfg: Config) -> dict:
-    """Patch, batch, depth, strides and kernel sizes."""
+def _network(
+    summary: Mapping[str, Any],
+    spacing: list[float],
+    axes: list[int],
+    dims: int,
+    cfg: Config,
+    fixed: Mapping[str, Any] | None = None,
+) -> dict:
+    """Patch, batch, depth, strides and kernel sizes; ``fixed``: a planned patch and batch, each with its
+    reason, chosen for more training steps (:func:`_more_steps`)."""
     s, t, budget, base = cfg.sample, cfg.train, cfg.preprocess.memory_budget_gb, cfg.train.model.base_width
+    fixed = fixed or {}
     out = {"full_resolution_width": _full_resolution(summary.get("thickness_mm"), spacing, cfg)}
     full = out["full_resolution_width"]["value"]
-    if s.patch_size is not None:
+    if s.patch_size is None and "patch_reason" in fixed:
+        patch, planned = list(fixed["patch"]), topo.plan_topology(fixed["patch"], spacing)
+        planned["full_resolution_width"] = full
+        out["patch_size"] = _entry(patch, None, fixed["patch_reason"])
+    elif s.patch_size is not None:
         if len(s.patch_size) != dims:
             raise ConfigError(f"sample.patch_size {list(s.patch_size)}: {dims}D needs {dims} values")
         patch, planned = list(s.patch_size), topo.plan_topology(s.patch_size, spacing)
@@ -123,9 +185,13 @@ def _network(summary: Mapping[str, Any], spacing: list[float], axes: list[int], 
         patch, planned, gb = topo.fit_patch(shape, spacing, budget, base, max(topo.MIN_BATCH, t.batch_size or 0), full)
         reason = f"median shape {[round(v) for v in shape]} within {budget:g} GB ({gb:.2f} GB)"
         out["patch_size"] = _entry(patch, None, reason)
-    batch = topo.plan_batch(patch, planned, budget, base, summary["dataset_voxels"], dims)
     preferred = topo.PREFERRED_BATCH[dims]
-    out["batch_size"] = _entry(batch, t.batch_size, f"{preferred} for {dims}D unless memory or 5% of the data caps it")
+    if "batch_reason" in fixed:
+        batch, why = int(fixed["batch"]), fixed["batch_reason"]
+    else:
+        batch = topo.plan_batch(patch, planned, budget, base, summary["dataset_voxels"], dims)
+        why = f"{preferred} for {dims}D unless memory or 5% of the data caps it"
+    out["batch_size"] = _entry(batch, t.batch_size, why)
     out["depth"] = _entry(planned["depth"], t.model.depth, f"halving each axis while it keeps {topo.MIN_AXIS}+ voxels")
     network = _depth_topology(planned, out["depth"]["value"], dims)
     derived = "per axis from the patch, spacing and depth (nnU-Net's rule)"
@@ -169,16 +235,21 @@ def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) 
     """Foreground oversampling, iterations per epoch and epochs."""
     s, t = cfg.sample, cfg.train
     out = {"foreground_ratio": _entry(FOREGROUND_RATIO, s.foreground_ratio, "half the patches centred on foreground")}
-    n, batch = int(summary["n_cases"]), net["batch_size"]["value"]
-    iters = min(MAX_ITERS, max(MIN_ITERS, math.ceil(n / batch)))
-    out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})")
+    n, batch, budget = int(summary["n_cases"]), net["batch_size"]["value"], t.target_minutes * 60
     network = {"strides": net["strides"]["value"], "kernel_sizes": net["kernel_sizes"]["value"]}
     network["depth"] = len(network["strides"])
     network["full_resolution_width"] = net["full_resolution_width"]["value"]
     patch = net["patch_size"]["value"]
-    per_epoch = topo.seconds_per_epoch(network, patch, batch, out["iters_per_epoch"]["value"], t.model.base_width)
-    per_epoch += _validation_seconds(summary, net, network, cfg) / max(1, t.val_every)
-    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(t.target_minutes * 60 / per_epoch)))
+    step = topo.seconds_per_epoch(network, patch, batch, 1, t.model.base_width)
+    validation = _validation_seconds(summary, net, network, cfg) / max(1, t.val_every)
+    iters = min(MAX_ITERS, max(MIN_ITERS, math.ceil(n / batch)))
+    why = f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})"
+    fitting = max(MIN_ITERS, math.floor((budget / MIN_EPOCHS - validation) / step))
+    if fitting < iters:  # MIN_EPOCHS passes would overrun the budget: shorter epochs, not a longer run
+        iters, why = fitting, f"{MIN_EPOCHS} epochs in the budget ({iters} for one pass over {n} cases)"
+    out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, why)
+    per_epoch = out["iters_per_epoch"]["value"] * step + validation
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(budget / per_epoch)))
     reason = f"train.target_minutes {t.target_minutes:g} at an estimated {per_epoch:.1f} s/epoch on 2 CPU cores"
     reason += " (validation included)"
     out["epochs"] = _entry(epochs, t.epochs, reason)
