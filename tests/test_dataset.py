@@ -331,8 +331,8 @@ def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_pa
 
 
 def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tmp_path: Path) -> None:
-    """images/ + masks/ (as many 2D sets come) pairs; DRIVE as distributed (1st_manual/, and mask/ for the field of
-    view) is refused with one folder-level line naming what lies beside images/, never paired with the wrong masks."""
+    """images/ + masks/ (as many 2D sets come) pairs; DRIVE as distributed pairs its 1st_manual/ annotations, never
+    its mask/ (the field of view); an images/ folder with no label folder is one line naming what lies beside it."""
     rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
     for n in (1, 2):
         _png(tmp_path / "kvasir" / "images" / f"p{n}.png", rgb)
@@ -340,12 +340,15 @@ def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tm
         _png(tmp_path / "drive" / "images" / f"{n}_training.png", rgb)
         _png(tmp_path / "drive" / "1st_manual" / f"{n}_manual1.png", mask)
         _png(tmp_path / "drive" / "mask" / f"{n}_training_mask.png", mask)
+        _png(tmp_path / "none" / "images" / f"{n}.png", rgb)
+        _png(tmp_path / "none" / "fov" / f"{n}.png", mask)
     info = read_dataset(tmp_path / "kvasir", "auto")
     assert not info.problems and [c.label.parent.name for c in info.cases] == ["masks", "masks"]
-    problems = read_dataset(tmp_path / "drive", "auto").problems
-    assert not read_dataset(tmp_path / "drive", "auto").cases
+    drive = read_dataset(tmp_path / "drive", "auto")
+    assert not drive.problems and [c.label.name for c in drive.cases] == ["1_manual1.png", "2_manual1.png"]
+    problems = read_dataset(tmp_path / "none", "auto").problems
+    assert not read_dataset(tmp_path / "none", "auto").cases
     folder = [p.problem for p in problems if p.case_id == "(dataset)"]
-    assert folder == [
-        "no labels/ or masks/ folder of label masks beside images/ (beside it: 1st_manual, mask); "
-        "put the masks in labels/ (names equal to the images', or sharing their leading part)"
-    ]
+    assert len(folder) == 1 and "no folder of label masks beside images/ (labels/, masks/, 1st_manual/" in folder[0]
+    assert folder[0].endswith("(beside it: fov); put the masks in labels/ (names equal to the images', or sharing "
+                              "their leading part)")

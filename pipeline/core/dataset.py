@@ -248,17 +248,24 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     return images, label_files, groups
 
 
-#: an image folder and the folders its label masks may be in (the first found)
-LABEL_FOLDERS = {"images": ("labels", "masks"), "imagesTr": ("labelsTr",)}
+#: an image folder and the folders its label masks may be in, the first found: annotation folders as 2D sets come
+#: (DRIVE's ``1st_manual``, HRF's ``manual1``) before ``mask``, which in those two holds the field of view
+LABEL_FOLDERS = {
+    "images": (
+        "labels", "masks", "1st_manual", "manual1", "manual", "annotations", "ground_truth", "groundtruth", "gt",
+        "segmentations", "mask",
+    ),
+    "imagesTr": ("labelsTr",),
+}  # fmt: skip
 
 
 def read_folder(root: str | Path) -> DatasetInfo:
     """Read image and label files paired by case id.
 
-    Either ``images/`` + ``labels/`` (or ``masks/``; or ``imagesTr/`` + ``labelsTr/``) with equal file names (or names
-    that differ only after a leading part naming one image and one label, as ``21_training`` and
-    ``21_manual1``), or a folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also ``_img``;
-    ``_seg``, ``_mask``; a bare ``<case>`` is an image) searched at any depth: the first sub-folder of a
+    Either ``images/`` + ``labels/`` (or another of ``LABEL_FOLDERS``; or ``imagesTr/`` + ``labelsTr/``) with
+    equal file names (or names that differ only after a leading part naming one image and one label, as
+    ``21_training`` and ``21_manual1``), or a folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also
+    ``_img``; ``_seg``, ``_mask``; a bare ``<case>`` is an image) searched at any depth: the first sub-folder of a
     case (e.g. one per patient) is its group, so splits keep it together.
     Images ``<case>_0000``, ``<case>_0001``, ... next to a label ``<case>`` are the channels of one case.
     Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}`` (the
@@ -308,7 +315,7 @@ def _no_label_folder(root: Path, images_name: str, labels_names: tuple[str, ...]
     return Problem(
         DATASET_ROW,
         str(root / images_name),
-        f"no {' or '.join(n + '/' for n in labels_names)} folder of label masks beside {images_name}/{beside}; "
+        f"no folder of label masks beside {images_name}/ ({', '.join(n + '/' for n in labels_names)}){beside}; "
         f"put the masks in {labels_names[0]}/ (names equal to the images', or sharing their leading part)",
     )
 

@@ -246,7 +246,7 @@ def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) 
     why = f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})"
     fitting = max(MIN_ITERS, math.floor((budget / MIN_EPOCHS - validation) / step))
     if fitting < iters:  # MIN_EPOCHS passes would overrun the budget: shorter epochs, not a longer run
-        iters, why = fitting, f"{MIN_EPOCHS} epochs in the budget ({iters} for one pass over {n} cases)"
+        iters, why = fitting, f"{MIN_EPOCHS} epochs in the budget, not {iters} ({why})"
     out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, why)
     per_epoch = out["iters_per_epoch"]["value"] * step + validation
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(budget / per_epoch)))
