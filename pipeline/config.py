@@ -82,6 +82,9 @@ class PreprocessConfig:
     ct_clip: tuple[float, float] | None = None  # CT channels: clip window (None: foreground 0.5-99.5 percentiles)
     ct_mean_std: tuple[float, float] | None = None  # CT channels: z-score mean, std (None: clipped foreground)
     memory_budget_gb: float = 4.0  # activation memory of one training batch (patch and batch planning)
+    # 2D pictures (no physical spacing): bring every picture to the median picture's size (None: planned, when
+    # the structures grow with the picture; see pipeline/preprocessing/pictures.py)
+    picture_scale: bool | None = None
 
 
 @dataclass(frozen=True)

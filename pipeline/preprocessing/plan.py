@@ -42,6 +42,8 @@ class Plan:
     label_values: tuple[int, ...] = ()  # stored label value of each class (empty: 0..K-1), see core/labels
     single_axis: int | None = None  # RAS axis with one slice (a 2D dataset): never resampled
     settings: dict = field(default_factory=dict)  # name -> {"value", "source", "reason"} (preprocessing.settings)
+    # 2D pictures brought to this shape's size (preprocessing.pictures); None: kept as they are
+    picture_reference: tuple[int, int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +58,9 @@ class Plan:
     def transform_kwargs(self) -> dict:
         """Keyword arguments of :func:`~pipeline.preprocessing.transforms.preprocessing` for this plan's chain."""
         spacing = [-1.0 if a == self.single_axis else float(s) for a, s in enumerate(self.target_spacing)]
+        scaled = {"picture_reference": list(self.picture_reference)} if self.picture_reference else {}
         return {
+            **scaled,  # only when set: the volumes (and their hash) of other plans stay as they were
             "target_spacing": tuple(spacing),  # -1: keep the scan's spacing (a one-slice axis)
             "normalization": self.normalization,
             "crop_foreground": self.crop_foreground,
@@ -91,11 +95,12 @@ class Plan:
             "label_values": list(self.label_values),
             "single_axis": self.single_axis,
             "settings": self.settings,
+            "picture_reference": None if self.picture_reference is None else list(self.picture_reference),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        slow, single = d.get("slow_axis"), d.get("single_axis")
+        slow, single, reference = d.get("slow_axis"), d.get("single_axis"), d.get("picture_reference")
         return cls(
             tuple(float(s) for s in d["target_spacing"]),  # type: ignore[arg-type]
             d["normalization"],
@@ -111,6 +116,7 @@ class Plan:
             label_values=tuple(int(v) for v in d.get("label_values") or ()),
             single_axis=None if single is None else int(single),
             settings=dict(d.get("settings") or {}),
+            picture_reference=None if reference is None else tuple(int(v) for v in reference),  # type: ignore[arg-type]
         )
 
 

@@ -10,7 +10,8 @@ Every value is overridable in the config (:func:`make_plan`):
 * normalisation per channel by the modality name in ``dataset.json``: ``CT`` -> clip to the 0.5/99.5
   percentiles of the dataset's foreground, then z-score with the mean/std of the clipped foreground samples;
   anything else -> per-image z-score.
-* a one-slice axis (a 2D dataset) is never resampled.
+* a one-slice axis (a 2D dataset) is never resampled; 2D pictures whose structures grow with the picture are
+  first brought to one size (:mod:`pipeline.preprocessing.pictures`).
 * resolution for training steps (:func:`coarsen_for_steps`): when the budget buys fewer than
   ``settings.MIN_STEPS`` training steps at that spacing (large 2D pictures on a CPU), the spacing across the
   slices is coarsened by the smallest factor that buys them, as long as the thinnest class stays
@@ -34,6 +35,7 @@ from pipeline.config import Config, PreprocessConfig
 from pipeline.core.cases import DatasetInfo
 from pipeline.core.image2d import match_channels
 from pipeline.preprocessing.fingerprint import intensity_statistics
+from pipeline.preprocessing.pictures import plan_picture_scale, scale_fingerprints
 from pipeline.preprocessing.plan import Plan
 from pipeline.preprocessing.settings import MIN_STEPS, plan_settings, training_steps
 
@@ -129,6 +131,8 @@ def make_plan(
     wins over the planned one and is recorded as overridden."""
     study = dataclasses.replace(study or Config(), preprocess=cfg)
     single = single_slice_axis(fingerprints)
+    reference, picture_scale = plan_picture_scale(info, fingerprints, single, cfg.picture_scale)
+    fingerprints = scale_fingerprints(fingerprints, reference)  # lengths as the pictures will be preprocessed
     planned, slow = plan_spacing(fingerprints, cfg.anisotropy_threshold, cfg.anisotropic_percentile)
     if single is not None:  # a one-slice axis is never resampled (it would shrink to nothing)
         slow = None
@@ -145,6 +149,7 @@ def make_plan(
     spacing, coarser = coarsen_for_steps(summary_at, spacing, study)
     summary = summary_at(spacing)
     settings = {
+        "picture_scale": picture_scale,
         **_preprocess_settings(spacing, intensity, slow, single, cfg, coarser),
         **plan_settings(summary, spacing, study),
     }
@@ -163,6 +168,7 @@ def make_plan(
         label_values=tuple(info.label_values),
         single_axis=single,
         settings=settings,
+        picture_reference=reference,
     )
     logger.info("plan: %s", {k: v["value"] for k, v in settings.items() if k in ("dims", "patch_size", "epochs")})
     return plan

@@ -246,7 +246,7 @@ def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) 
     why = f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})"
     fitting = max(MIN_ITERS, math.floor((budget / MIN_EPOCHS - validation) / step))
     if fitting < iters:  # MIN_EPOCHS passes would overrun the budget: shorter epochs, not a longer run
-        iters, why = fitting, f"{MIN_EPOCHS} epochs in the budget, not {iters} ({why})"
+        iters, why = fitting, f"{MIN_EPOCHS} epochs in the budget; one pass over {n} cases would be {iters}"
     out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, why)
     per_epoch = out["iters_per_epoch"]["value"] * step + validation
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(budget / per_epoch)))
@@ -278,7 +278,7 @@ def resolve(plan: Any, cfg: Config) -> dict[str, dict]:
     """
     if not plan.fingerprint.get("dataset_voxels"):
         raise ConfigError("plans.json predates the planned training settings; rerun the preprocess stage")
-    kept = {k: v for k, v in plan.settings.items() if k in ("target_spacing", "normalization")}
+    kept = {k: v for k, v in plan.settings.items() if k in ("picture_scale", "target_spacing", "normalization")}
     fresh = plan_settings(plan.fingerprint, plan.target_spacing, cfg)
     changed = [k for k, v in fresh.items() if k in plan.settings and plan.settings[k]["value"] != v["value"]]
     if changed:

@@ -64,6 +64,28 @@ class MatchChannelsd(mt.MapTransform):
         return d
 
 
+class ScalePictured(mt.MapTransform):
+    """Give a 2D picture the pixel size that brings it to ``reference``'s size
+    (:func:`pipeline.preprocessing.pictures.picture_factor`): its affine (and the recorded original affine, so
+    the native mapping maps the picture's own pixels) times that factor in-plane. No resampling happens here."""
+
+    def __init__(self, keys: Hashable | Sequence[Hashable], reference: Sequence[int]) -> None:
+        super().__init__(keys)
+        self.reference = [int(v) for v in reference]
+
+    def __call__(self, data: Mapping) -> dict:
+        from pipeline.preprocessing.pictures import picture_factor
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            factor = picture_factor(x.shape[1:4], self.reference)
+            scale = np.diag([factor if r > 1 else 1.0 for r in self.reference] + [1.0])
+            x.affine = torch.as_tensor(np.asarray(x.affine, dtype=np.float64) @ scale)
+            x.meta["original_affine"] = np.asarray(x.meta["original_affine"], dtype=np.float64) @ scale
+        return d
+
+
 def preprocessing(
     target_spacing: Sequence[float],
     with_label: bool = True,
@@ -78,12 +100,14 @@ def preprocessing(
     num_classes: int | None = None,
     channels: int | None = None,
     label_values: Sequence[float] = (),
+    picture_reference: Sequence[int] | None = None,
 ) -> mt.Compose:
     """Load -> channel first -> RAS -> resample -> crop to body -> normalise.
 
     ``channels`` (the dataset's input channels) converts a grey 2D image of a colour dataset to RGB and
     back; ``label_values`` (the stored value of each class, see :mod:`pipeline.core.labels`) maps the
-    label file's values to classes 0..K-1 right after loading.
+    label file's values to classes 0..K-1 right after loading; ``picture_reference`` brings a 2D picture to that
+    shape's size (:class:`ScalePictured`).
 
     Resampling keeps the physical extent of the scan (``scale_extent``: the output grid starts at the
     scan's first corner and covers it to within one output voxel). Image ``image_interp`` (``linear`` or
@@ -107,6 +131,8 @@ def preprocessing(
         chain.append(MatchChannelsd("image", channels))
     if with_label and not is_identity(label_values):
         chain.append(mt.MapLabelValued("label", list(label_values), list(range(len(label_values))), dtype=np.float32))
+    if picture_reference:
+        chain.append(ScalePictured(keys, picture_reference))
     chain.append(mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if onehot:
         chain.append(mt.AsDiscreted("label", to_onehot=num_classes))
