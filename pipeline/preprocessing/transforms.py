@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 
 from pipeline.core.image2d import match_channels
 from pipeline.core.labels import is_identity
+from pipeline.preprocessing.pictures import picture_factor
 
 
 def load_images(keys: Sequence[str]) -> mt.LoadImaged:
@@ -74,8 +75,6 @@ class ScalePictured(mt.MapTransform):
         self.reference = [int(v) for v in reference]
 
     def __call__(self, data: Mapping) -> dict:
-        from pipeline.preprocessing.pictures import picture_factor
-
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key]
