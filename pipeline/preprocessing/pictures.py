@@ -13,6 +13,7 @@ microscope), are left as they are. Knob: ``preprocess.picture_scale`` (null: pla
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -21,6 +22,8 @@ import pandas as pd
 
 from pipeline.core.cases import DatasetInfo
 from pipeline.core.readers import IMAGE2D_SUFFIXES
+
+logger = logging.getLogger(__name__)
 
 SCALE_RATIO = 0.5  # relative extent's variation (CV) at most this share of the extent's variation in pixels
 MIN_SIZE_CV = 0.1  # pictures whose sizes vary less than this (CV of sqrt(W * H)) are one size already
@@ -34,7 +37,8 @@ def all_pictures(info: DatasetInfo) -> bool:
 
 
 def _cv(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
+    """Coefficient of variation of the positive values (a picture without foreground has no extent)."""
+    values = values[np.isfinite(values) & (values > 0)]
     return float(np.std(values) / np.mean(values)) if len(values) > 1 and np.mean(values) > 0 else 0.0
 
 
@@ -49,6 +53,8 @@ def plan_picture_scale(
     """The reference picture shape every picture is brought to (None: pictures kept as they are) and the
     ``picture_scale`` setting (value, source, reason)."""
     if not all_pictures(info) or single is None:
+        if override:
+            logger.warning("preprocess.picture_scale ignored: the images are not all 2D pictures")
         return None, _entry(False, None, "not 2D pictures: scans keep their physical spacing")
     axes = [a for a in range(3) if a != single]
     size = _sizes(fingerprints, axes, "ras_shape")
