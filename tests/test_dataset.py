@@ -310,8 +310,14 @@ def test_patient_subfolders_of_slices_and_masks_are_grouped_by_patient(tmp_path:
         ("TCGA_A_1", "TCGA_A"), ("TCGA_A_2", "TCGA_A"), ("TCGA_B_1", "TCGA_B"), ("TCGA_B_2", "TCGA_B")
     }
     assert all(c.label is not None and c.label.name == f"{c.case_id}_mask.png" for c in info.cases)
-    _png(tmp_path / "TCGA_C" / "TCGA_A_1.png", rgb)  # one case id in two patient folders: said, not guessed
-    assert any("duplicate case id 'TCGA_A_1'" in p.problem for p in read_dataset(tmp_path, "auto").problems)
+    nested = tmp_path / "lgg-mri-segmentation"  # the patients one folder further down: still the groups
+    (nested / "kaggle_3m").mkdir(parents=True)
+    for patient in ("TCGA_A", "TCGA_B"):
+        (tmp_path / patient).rename(nested / "kaggle_3m" / patient)
+    assert {c.group for c in read_dataset(nested, "auto").cases} == {"TCGA_A", "TCGA_B"}
+    (nested / "kaggle_3m" / "TCGA_C").mkdir()
+    _png(nested / "kaggle_3m" / "TCGA_C" / "TCGA_A_1.png", rgb)  # one case id in two patient folders: said
+    assert any("duplicate case id 'TCGA_A_1'" in p.problem for p in read_dataset(nested, "auto").problems)
 
 
 def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_path: Path) -> None:

@@ -231,18 +231,22 @@ def _pair_by_leading_part(images: dict[str, Path], label_files: dict[str, Path])
 
 def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
     """Images, labels and groups of a folder of ``<case>_image`` / ``<case>_label`` files, searched at any
-    depth; a case in a sub-folder belongs to the group named by the first sub-folder (e.g. the patient)."""
+    depth; a case belongs to the group named by its first sub-folder (e.g. the patient) below the folders
+    every file shares (kaggle_3m unpacked as ``lgg-mri-segmentation/kaggle_3m/<patient>/``: the patient)."""
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
-    for p in image_files(root, recursive=True):
+    files = image_files(root, recursive=True)
+    folders = [p.relative_to(root).parts[:-1] for p in files]
+    shared = len(os.path.commonprefix(folders)) if folders else 0  # folders every file is in: not groups
+    for p, parts in zip(files, folders, strict=True):
         if (cid := untag(p.name, LABEL_TAGS)) is not None:
             target = label_files
         else:
             cid, target = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name), images
         _put(target, cid, p, problems)
-        if p.parent != root:
-            groups[cid] = p.relative_to(root).parts[0]
+        if len(parts) > shared:
+            groups[cid] = parts[shared]
             if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
                 groups.setdefault(channel["case"], groups[cid])
     return images, label_files, groups
@@ -266,7 +270,7 @@ def read_folder(root: str | Path) -> DatasetInfo:
     equal file names (or names that differ only after a leading part naming one image and one label, as
     ``21_training`` and ``21_manual1``), or a folder of ``<case>_image.<ext>`` and ``<case>_label.<ext>`` (also
     ``_img``; ``_seg``, ``_mask``; a bare ``<case>`` is an image) searched at any depth: the first sub-folder of a
-    case (e.g. one per patient) is its group, so splits keep it together.
+    case (e.g. one per patient) below the folders every file shares is its group, so splits keep it together.
     Images ``<case>_0000``, ``<case>_0001``, ... next to a label ``<case>`` are the channels of one case.
     Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}`` (the
     stages and ``validate`` then use the values found in the masks: :func:`pipeline.core.labels.values_found`).
