@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.core.cases import DatasetInfo
 from pipeline.core.readers import IMAGE2D_SUFFIXES
+from pipeline.preprocessing.settings import entry
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +56,22 @@ def plan_picture_scale(
     if not all_pictures(info) or single is None:
         if override:
             logger.warning("preprocess.picture_scale ignored: the images are not all 2D pictures")
-        return None, _entry(False, None, "not 2D pictures: scans keep their physical spacing")
+        return None, entry(False, None, "not 2D pictures: scans keep their physical spacing")
     axes = [a for a in range(3) if a != single]
     size = _sizes(fingerprints, axes, "ras_shape")
     reference = tuple(1 if a == single else int(np.median(fingerprints[f"ras_shape_{a}"])) for a in range(3))
     if override is not None:
-        return (reference if override else None), _entry(override, override, "")  # type: ignore[return-value]
+        return (reference if override else None), entry(override, override, "")  # type: ignore[return-value]
     if "ras_extent_0" not in fingerprints or _cv(size) < MIN_SIZE_CV:
-        return None, _entry(False, None, f"pictures of about one size (size CV {_cv(size):.2f} < {MIN_SIZE_CV:g})")
+        return None, entry(False, None, f"pictures of about one size (size CV {_cv(size):.2f} < {MIN_SIZE_CV:g})")
     extent = _sizes(fingerprints, axes, "ras_extent")
     absolute, relative = _cv(extent), _cv(extent / size)
     numbers = f"foreground extent CV {absolute:.2f} in pixels, {relative:.2f} relative to the picture"
     if relative > SCALE_RATIO * absolute:
-        return None, _entry(False, None, f"structures keep their size in pixels ({numbers})")
+        return None, entry(False, None, f"structures keep their size in pixels ({numbers})")
     shape = "x".join(str(reference[a]) for a in axes)
     why = f"structures grow with the picture ({numbers}): every picture brought to the median {shape}"
-    return reference, _entry(True, None, why)  # type: ignore[return-value]
-
-
-def _entry(value: bool, override: bool | None, reason: str) -> dict:
-    if override is not None:
-        return {"value": bool(override), "source": "overridden", "reason": "set in the config"}
-    return {"value": value, "source": "planned", "reason": reason}
+    return reference, entry(True, None, why)  # type: ignore[return-value]
 
 
 def picture_factor(shape: Sequence[int], reference: Sequence[int]) -> float:

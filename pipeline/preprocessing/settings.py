@@ -55,7 +55,8 @@ MIN_STEPS = 2000  # training steps the plan aims for within the budget (the hipp
 AXIS_NAMES = ("left-right", "posterior-anterior", "inferior-superior")
 
 
-def _entry(value: Any, override: Any, reason: str) -> dict:
+def entry(value: Any, override: Any, reason: str) -> dict:
+    """One setting: ``override`` (not None) wins as "set in the config", else ``value`` as planned for ``reason``."""
     if override is not None:
         return {"value": _plain(override), "source": OVERRIDDEN, "reason": "set in the config"}
     return {"value": _plain(value), "source": PLANNED, "reason": reason}
@@ -90,8 +91,12 @@ def _depth_topology(planned: dict, depth: int, dims: int) -> dict:
     kernels = [list(k) for k in planned["kernel_sizes"][: depth + 1]]
     strides += [[2] * dims for _ in range(depth - len(strides))]
     kernels += [[3] * dims for _ in range(depth + 1 - len(kernels))]
-    pools = [sum(1 for s in strides if s[i] > 1) for i in range(dims)]
-    return {"strides": strides, "kernel_sizes": kernels, "pool_per_axis": pools, "depth": depth}
+    return {"strides": strides, "kernel_sizes": kernels, "pool_per_axis": _pools(strides, dims), "depth": depth}
+
+
+def _pools(strides: Sequence[Sequence[int]], dims: int) -> list[int]:
+    """Pooling steps along each axis of a network with these strides."""
+    return [sum(1 for step in strides if step[i] > 1) for i in range(dims)]
 
 
 def plan_settings(
@@ -111,9 +116,9 @@ def plan_settings(
         summary.get("slow_axis"),
         cfg.preprocess.anisotropy_threshold,
     )
-    out = {"dims": _entry(dims, None if s.mode is None else int(s.mode[0]), why)}
+    out = {"dims": entry(dims, None if s.mode is None else int(s.mode[0]), why)}
     dims = out["dims"]["value"]
-    out["slice_axis"] = _entry(axis, s.slice_axis, why if dims == 2 else "unused in 3D")
+    out["slice_axis"] = entry(axis, s.slice_axis, why if dims == 2 else "unused in 3D")
     axes = [a for a in range(3) if dims == 3 or a != out["slice_axis"]["value"]]
     out["flip_axes"] = _flip_axes(summary.get("class_order") or [], cfg.train.flip_axes)
     out.update(_network(summary, [spacing[a] for a in axes], axes, dims, cfg))
@@ -139,8 +144,7 @@ def _more_steps(
     smallest = [max(topo.MIN_PATCH, math.ceil(summary["median_preprocessed_shape"][a] / 2)) for a in axes]
     why = f"for {MIN_STEPS} training steps in the budget ({first} without)"
     while training_steps(out) < MIN_STEPS:
-        pools = [sum(1 for step in out["strides"]["value"] if step[i] > 1) for i in range(dims)]
-        cut = [p - 2**k for p, k in zip(fixed["patch"], pools, strict=True)]
+        cut = [p - 2**k for p, k in zip(fixed["patch"], _pools(out["strides"]["value"], dims), strict=True)]
         shrinkable = [i for i in range(dims) if cut[i] >= smallest[i]]
         if t.batch_size is None and fixed["batch"] > topo.MIN_BATCH:
             fixed.update(batch=fixed["batch"] - 1, batch_reason=f"lowered {why}")
@@ -173,26 +177,26 @@ def _network(
     if s.patch_size is None and "patch_reason" in fixed:
         patch, planned = list(fixed["patch"]), topo.plan_topology(fixed["patch"], spacing)
         planned["full_resolution_width"] = full
-        out["patch_size"] = _entry(patch, None, fixed["patch_reason"])
+        out["patch_size"] = entry(patch, None, fixed["patch_reason"])
     elif s.patch_size is not None:
         if len(s.patch_size) != dims:
             raise ConfigError(f"sample.patch_size {list(s.patch_size)}: {dims}D needs {dims} values")
         patch, planned = list(s.patch_size), topo.plan_topology(s.patch_size, spacing)
         planned["full_resolution_width"] = full
-        out["patch_size"] = _entry(patch, patch, "")
+        out["patch_size"] = entry(patch, patch, "")
     else:
         shape = [summary["median_preprocessed_shape"][a] for a in axes]
         patch, planned, gb = topo.fit_patch(shape, spacing, budget, base, max(topo.MIN_BATCH, t.batch_size or 0), full)
         reason = f"median shape {[round(v) for v in shape]} within {budget:g} GB ({gb:.2f} GB)"
-        out["patch_size"] = _entry(patch, None, reason)
+        out["patch_size"] = entry(patch, None, reason)
     preferred = topo.PREFERRED_BATCH[dims]
     if "batch_reason" in fixed:
         batch, why = int(fixed["batch"]), fixed["batch_reason"]
     else:
         batch = topo.plan_batch(patch, planned, budget, base, summary["dataset_voxels"], dims)
         why = f"{preferred} for {dims}D unless memory or 5% of the data caps it"
-    out["batch_size"] = _entry(batch, t.batch_size, why)
-    out["depth"] = _entry(planned["depth"], t.model.depth, f"halving each axis while it keeps {topo.MIN_AXIS}+ voxels")
+    out["batch_size"] = entry(batch, t.batch_size, why)
+    out["depth"] = entry(planned["depth"], t.model.depth, f"halving each axis while it keeps {topo.MIN_AXIS}+ voxels")
     network = _depth_topology(planned, out["depth"]["value"], dims)
     derived = "per axis from the patch, spacing and depth (nnU-Net's rule)"
     out["strides"] = {"value": network["strides"], "source": PLANNED, "reason": derived}
@@ -213,7 +217,7 @@ def _flip_axes(class_order: Sequence[Mapping], override: Sequence[int] | None) -
             for o in class_order
         )
         reason = f"not flipped where classes lie in a fixed order: {pairs}"
-    return _entry(kept, None if override is None else list(override), reason)
+    return entry(kept, None if override is None else list(override), reason)
 
 
 def _full_resolution(thickness_mm: float | None, spacing: list[float], cfg: Config) -> dict:
@@ -221,20 +225,20 @@ def _full_resolution(thickness_mm: float | None, spacing: list[float], cfg: Conf
     thick (median over classes of each class's median thickness): it costs ~2.7x per 3D iteration on a CPU."""
     model = cfg.train.model
     if model.name != "monai_unet":
-        return _entry(0, model.full_resolution_width, f"{model.name} keeps its own full-resolution level")
+        return entry(0, model.full_resolution_width, f"{model.name} keeps its own full-resolution level")
     if thickness_mm is None:
-        return _entry(0, model.full_resolution_width, "no foreground to measure")
+        return entry(0, model.full_resolution_width, "no foreground to measure")
     voxels = thickness_mm / min(spacing)
     thin = voxels < topo.THIN_VOXELS
     reason = f"typical structure {voxels:.1f} voxels thick ({'<' if thin else '>='} {topo.THIN_VOXELS:g})"
     reason += ": decode at full resolution" if thin else ": half-resolution decoding suffices"
-    return _entry(model.base_width // 2 if thin else 0, model.full_resolution_width, reason)
+    return entry(model.base_width // 2 if thin else 0, model.full_resolution_width, reason)
 
 
 def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) -> dict:
     """Foreground oversampling, iterations per epoch and epochs."""
     s, t = cfg.sample, cfg.train
-    out = {"foreground_ratio": _entry(FOREGROUND_RATIO, s.foreground_ratio, "half the patches centred on foreground")}
+    out = {"foreground_ratio": entry(FOREGROUND_RATIO, s.foreground_ratio, "half the patches centred on foreground")}
     n, batch, budget = int(summary["n_cases"]), net["batch_size"]["value"], t.target_minutes * 60
     network = {"strides": net["strides"]["value"], "kernel_sizes": net["kernel_sizes"]["value"]}
     network["depth"] = len(network["strides"])
@@ -247,12 +251,12 @@ def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) 
     fitting = max(MIN_ITERS, math.floor((budget / MIN_EPOCHS - validation) / step))
     if fitting < iters:  # MIN_EPOCHS passes would overrun the budget: shorter epochs, not a longer run
         iters, why = fitting, f"{MIN_EPOCHS} epochs in the budget; one pass over {n} cases would be {iters}"
-    out["iters_per_epoch"] = _entry(iters, t.iters_per_epoch, why)
+    out["iters_per_epoch"] = entry(iters, t.iters_per_epoch, why)
     per_epoch = out["iters_per_epoch"]["value"] * step + validation
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, round(budget / per_epoch)))
     reason = f"train.target_minutes {t.target_minutes:g} at an estimated {per_epoch:.1f} s/epoch on 2 CPU cores"
     reason += " (validation included)"
-    out["epochs"] = _entry(epochs, t.epochs, reason)
+    out["epochs"] = entry(epochs, t.epochs, reason)
     return out
 
 
