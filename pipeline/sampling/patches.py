@@ -1,7 +1,10 @@
 """Training batches of random patches, drawn a whole batch at a time.
 
 Each item of :class:`PatchBatches` is one batch: for every sample a case (with replacement), a class
-by the configured ratios, a crop centre among that class's stored locations, then a crop of the
+by the configured ratios (when the case holds no voxel of a drawn foreground class, the sample goes to
+a case that does: with one picture per case, as a folder of MRI slices where most slices show no
+tumour, the ratio stays the share of samples that show each class, as it does when nnU-Net draws
+slices from whole volumes), a crop centre among that class's stored locations, then a crop of the
 patch size that stays inside the volume (where the volume is smaller than the patch along an axis,
 that whole axis), placed in the middle of a zero patch. These are the windows of MONAI's
 ``RandCropByLabelClassesd(allow_smaller=True)`` followed by ``SpatialPadd`` (the crop comes first:
@@ -77,6 +80,11 @@ class PatchBatches(Dataset):
         self.batch_size, self.n_batches, self.seed = batch_size, n_batches, seed
         self.slice_axis = slice_axis
         self._cdfs = [self._class_cdf(v) for v in volumes]
+        self._ratio_cdf = np.cumsum(self.ratios) / self.ratios.sum()
+        # per class, the cases holding at least one voxel of it
+        self._holders = [
+            np.flatnonzero([len(v["locations"][c]) > 0 for v in volumes]) for c in range(len(self.ratios))
+        ]
 
     def __len__(self) -> int:
         return self.n_batches
@@ -96,11 +104,16 @@ class PatchBatches(Dataset):
         image = np.zeros((self.batch_size, channels, *self.size), np.float32)
         label = np.zeros((self.batch_size, 1, *self.size), np.int64)
         for b, i in enumerate(picks):
+            cls = min(int(np.searchsorted(self._ratio_cdf, draws[b], side="right")), len(self.ratios) - 1)
+            if cls > 0 and len(self.volumes[i]["locations"][cls]) == 0 and len(self._holders[cls]):
+                i = int(self._holders[cls][rng.integers(len(self._holders[cls]))])
             vol = self.volumes[i]
             shape = vol["label"].shape[1:]
             cdf = self._cdfs[i]
             if cdf is not None:
-                loc = vol["locations"][min(int(np.searchsorted(cdf, draws[b], side="right")), len(cdf) - 1)]
+                if len(vol["locations"][cls]) == 0:  # not held here: by the ratios of the classes the case holds
+                    cls = min(int(np.searchsorted(cdf, draws[b], side="right")), len(cdf) - 1)
+                loc = vol["locations"][cls]
                 center = np.unravel_index(int(loc[rng.integers(len(loc))]), shape)
             else:  # no class with a positive ratio in this case: a uniformly random centre (as nnU-Net)
                 center = tuple(int(rng.integers(n)) for n in shape)
