@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
+from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, group_dice, summarize
 
 LABELS = {0: "background", 1: "fg"}
 
@@ -331,6 +331,32 @@ def test_summarize_on_case_metrics_rows() -> None:
     assert set(s) >= {"x", "y", "mean_dice", "bootstrap"}
     assert set(s["x"]) == {"dice", "iou", "hd95_mm", "assd_mm", "nsd", "volume_rel_diff"}
     json.dumps(s, allow_nan=False)
+
+
+def test_group_dice_pools_the_voxels_of_each_group() -> None:
+    """Slices of one patient: the patient's Dice over the stacked slices, not the mean of slice Dice."""
+    ref = np.zeros((2, 3, 10, 10), np.uint8)  # patients x slices
+    pred = np.zeros_like(ref)
+    ref[0, 0, 2:6, 2:6] = ref[0, 1, 2:4, 2:4] = 1  # patient a: 16 + 4 voxels, predicted 16 right, 4 missed,
+    pred[0, 0, 2:6, 2:6] = pred[0, 2, 0, 0:4] = 1  # and 4 false positives on a slice without tumour
+    ref[1, 1, 0:5, 0:5] = pred[1, 1, 0:5, 0:5] = 1  # patient b: perfect
+    rows = []
+    for p, group in enumerate("ab"):
+        for s in range(3):
+            for row in case_metrics(pred[p, s], ref[p, s], (1.0, 1.0), {1: "tumour"}):
+                rows.append({"case_id": f"{group}{s}", "group": group, **row})
+    per_case = pd.DataFrame(rows)
+    out = group_dice(per_case, n_bootstrap=0)
+    assert out is not None and out["n_groups"] == 2
+    a = 2 * 16 / (20 + 20)  # pooled: tp 16, 20 predicted, 20 reference
+    assert out["tumour"]["dice"]["mean"] == pytest.approx((a + 1.0) / 2)
+    assert out["tumour"]["dice"]["min"] == pytest.approx(a)
+    assert out["mean_dice"] == pytest.approx((a + 1.0) / 2)
+    # slice-wise the two patients average differently (slice a1 scores 0, slice a2 0, empty b slices 1)
+    assert summarize(per_case, n_bootstrap=0)["tumour"]["dice"]["mean"] != pytest.approx(out["mean_dice"])
+    # one case per group, or no group column: nothing to pool
+    assert group_dice(per_case.assign(group=per_case["case_id"]), n_bootstrap=0) is None
+    assert group_dice(per_case.drop(columns="group"), n_bootstrap=0) is None
 
 
 def test_summarize_missing_column() -> None:

@@ -92,6 +92,24 @@ def test_foreground_ratio_centres_patches_on_each_class() -> None:
     assert (b["label"][:, 0, 1, 1, 1] == 0).any()
 
 
+def test_foreground_share_holds_when_most_cases_have_no_foreground() -> None:
+    """One picture per case, 2 of 10 showing the structure: half the samples still show it (not 10%)."""
+    rng = np.random.default_rng(0)
+    vols = []
+    for i in range(10):
+        label = np.zeros((1, 32, 32), np.uint8)
+        if i in (3, 7):
+            label[0, 10:14, 20:24] = 1
+        locs = class_locations(label, 2, rng)
+        image = rng.normal(size=(1, 1, 32, 32)).astype(np.float32)
+        vols.append({"image": image, "label": label[None], "locations": [locs["c0"], locs["c1"]]})
+    batch = PatchBatches(vols, (16, 16), [0.5, 0.5], batch_size=400, n_batches=1, seed=0, slice_axis=0)[0]
+    shown = (batch["label"] == 1).flatten(1).any(1).float().mean().item()
+    assert 0.5 <= shown <= 0.7  # 0.5 drawn for the structure + 0.5 x 2/10 by chance
+    only_background = PatchBatches(vols, (16, 16), [1.0, 0.0], batch_size=400, n_batches=1, seed=0, slice_axis=0)[0]
+    assert (only_background["label"] == 1).flatten(1).any(1).float().mean().item() < 0.4
+
+
 def test_2d_slices_along_the_configured_axis() -> None:
     vols = _volumes()
     for axis in (0, 1, 2):

@@ -54,6 +54,43 @@ def ct_case(seed: int, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), label
 
 
+def head_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """MRI-like: a ball of tissue on a black background filling a fifth of the image, a lesion inside."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.mgrid[:40, :40, :12]
+    ball = (x - 20) ** 2 + (y - 20) ** 2 < 10**2
+    image = np.where(ball, 300 + rng.normal(0, 40, ball.shape), 0.0).astype(np.float32)
+    label = ((x - 18) ** 2 + (y - 22) ** 2 < 3**2) & (z > 3) & (z < 8)
+    image[label] += 200
+    return image, label.astype(np.uint8)
+
+
+def test_mri_on_a_black_background_is_z_scored_inside_the_body(tmp_path: Path) -> None:
+    info = write_dataset(tmp_path / "mr", {"mr_a": head_case(0), "mr_b": head_case(1)}, "MRI")
+    table, samples = fingerprint_dataset(info, workers=1)
+    plan = make_plan(info, table, samples, PreprocessConfig(out_dir=str(tmp_path / "out")))
+    assert plan.intensity == ({"scheme": "zscore", "body": True},)
+    setting = plan.settings["normalization"]
+    assert setting["value"] == ["zscore_body"] and "keeps 23% of the median image, < 75%" in setting["reason"]
+    chain = preprocessing(with_label=True, **plan.transform_kwargs())
+    case = info.cases[0]
+    image = chain({"image": str(case.images[0]), "label": str(case.label)})["image"].numpy()[0]
+    raw = head_case(0)[0][11:30, 11:30]  # the crop box of the ball (19 x 19 of 40 x 40: 23%)
+    body = raw > 0
+    assert image.shape == raw.shape and (image[~body] == 0).all()  # the corners of the box stay 0
+    assert image[body].mean() == pytest.approx(0, abs=1e-4) and image[body].std() == pytest.approx(1, abs=1e-4)
+    # an override is plain per-image z-score; so is an image the body fills (a noisy background)
+    over = make_plan(info, table, samples, PreprocessConfig(normalization="zscore"))
+    assert over.intensity == ({"scheme": "zscore"},)
+    filled = {
+        k: (v[0] + np.random.default_rng(2).uniform(1, 5, v[0].shape).astype(np.float32), v[1])
+        for k, v in {"mr_c": head_case(2), "mr_d": head_case(3)}.items()
+    }
+    info2 = write_dataset(tmp_path / "mr2", filled, "MRI")
+    table2, samples2 = fingerprint_dataset(info2, workers=1)
+    assert make_plan(info2, table2, samples2, PreprocessConfig()).intensity == ({"scheme": "zscore"},)
+
+
 def fingerprints_of(spacings: list[tuple[float, float, float]]) -> pd.DataFrame:
     return pd.DataFrame([{f"ras_spacing_{i}": s[i] for i in range(3)} for s in spacings])
 
@@ -143,7 +180,7 @@ def test_mr_modality_is_zscored_per_image(tmp_path: Path) -> None:
     info = write_dataset(tmp_path / "mr", {"a": ct_case(0), "b": ct_case(1, offset=100)}, "T2")
     table, samples = fingerprint_dataset(info)
     plan = make_plan(info, table, samples, PreprocessConfig())
-    assert plan.intensity == ({"scheme": "zscore"},)
+    assert plan.intensity == ({"scheme": "zscore", "body": True},)  # the body's box: 47% of the image
     image = preprocessing(with_label=False, **plan.transform_kwargs())({"image": str(info.cases[1].images[0])})["image"]
     assert float(image.mean()) == pytest.approx(0, abs=1e-5) and float(image.std(unbiased=False)) == pytest.approx(1)
 

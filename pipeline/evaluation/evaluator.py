@@ -40,7 +40,7 @@ from pipeline.evaluation.ensemble import (
 )
 from pipeline.evaluation.lineage import lineage_tags
 from pipeline.evaluation.methods import results_sections
-from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
+from pipeline.evaluation.metrics import SUMMARY_KEYS, EmptyPolicy, case_metrics, group_dice, summarize
 from pipeline.evaluation.plots import Overlay
 from pipeline.evaluation.report import case_ranking, pick_cases, write_report
 from pipeline.evaluation.tracking import public_config, register_model, run
@@ -140,6 +140,9 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     per_case, written, pictures = score_cases(cases, predictor, e, e.predictions_dir)
     summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=empty_policy(e))
     summary["n_cases"] = len(cases)
+    per_group = group_dice(per_case, empty_policy(e), e.n_bootstrap, e.seed)
+    if per_group is not None:
+        summary["per_group"] = per_group
     summary["physical_spacing"] = not pictures  # False: distances in pixels (see the report)
     metrics_dir = Path(e.metrics_dir)
     ensemble = _against_single_fold(cfg, cases, per_case, folders, predictor.meta)
@@ -170,6 +173,8 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     )
     _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags)
     logger.info("mean Dice %.4f over %d test cases", summary["mean_dice"], len(cases))
+    if per_group is not None and per_group["mean_dice"] is not None:
+        logger.info("mean Dice %.4f over %d groups (pooled per group)", per_group["mean_dice"], per_group["n_groups"])
     return summary
 
 
@@ -278,13 +283,17 @@ def summary_metrics(summary: dict) -> dict[str, float]:
     for key, value in (summary.get("ensemble") or {}).items():  # ensemble vs single fold
         if isinstance(value, (int, float)):
             out[f"test.ensemble_vs_single.{key}"] = float(value)
-    for cls, stats in summary.items():
-        if cls in ("bootstrap", "empty_policy", "ensemble") or not isinstance(stats, dict):
-            continue
-        for metric, values in stats.items():
-            for stat, value in values.items():
-                if isinstance(value, (int, float)):
-                    out[f"test.{cls}.{metric}.{stat}"] = float(value)
+    per_group = summary.get("per_group") or {}
+    for prefix, part in (("test", summary), ("test.per_group", per_group)):
+        for cls, stats in part.items():
+            if cls in SUMMARY_KEYS or not isinstance(stats, dict):
+                continue
+            for metric, values in stats.items():
+                for stat, value in values.items():
+                    if isinstance(value, (int, float)):
+                        out[f"{prefix}.{cls}.{metric}.{stat}"] = float(value)
+    if per_group.get("mean_dice") is not None:
+        out["test.per_group.mean_dice"] = float(per_group["mean_dice"])
     return out
 
 

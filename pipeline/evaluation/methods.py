@@ -20,12 +20,11 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.evaluation.ensemble import ENSEMBLE_FILE, MEAN_CLASS, read_cv_summary
 from pipeline.evaluation.lineage import dvc_lock_hashes
+from pipeline.evaluation.metrics import SUMMARY_KEYS
 from pipeline.evaluation.report import _e, _fmt, _table
 from pipeline.inference.model_folder import META
 
 logger = logging.getLogger(__name__)
-
-SKIPPED = ("bootstrap", "empty_policy", "ensemble", "mean_dice", "n_cases", "physical_spacing")
 
 
 def _read_json(path: Path) -> dict:
@@ -141,7 +140,7 @@ def _results(summary: Mapping[str, Any], cv: Mapping[str, Any] | None) -> str:
     classes = [
         f"{name} {_ci(stats['dice'])}"
         for name, stats in summary.items()
-        if name not in SKIPPED and isinstance(stats, Mapping) and "dice" in stats
+        if name not in SUMMARY_KEYS and isinstance(stats, Mapping) and "dice" in stats
     ]
     parts.append(
         f"Test set ({_fmt(summary.get('n_cases'))} cases): mean Dice {_fmt(summary.get('mean_dice'))}; "

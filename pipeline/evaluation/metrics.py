@@ -28,10 +28,13 @@ from monai.metrics.utils import get_mask_edges, get_surface_distance
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SUMMARY_METRICS", "EmptyPolicy", "case_metrics", "summarize"]
+__all__ = ["DEFAULT_SUMMARY_METRICS", "SUMMARY_KEYS", "EmptyPolicy", "case_metrics", "group_dice", "summarize"]
 
 DEFAULT_SUMMARY_METRICS: tuple[str, ...] = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "volume_rel_diff")
-_RESERVED_SUMMARY_KEYS = frozenset({"mean_dice", "bootstrap", "empty_policy"})
+# The summary's keys that are not class names (summarize() refuses a class of these names).
+SUMMARY_KEYS = frozenset(
+    {"mean_dice", "bootstrap", "empty_policy", "ensemble", "per_group", "n_cases", "physical_spacing"}
+)
 # Margin (voxels) kept around the union bounding box before surface-distance computations.
 _CROP_MARGIN = 1  # as MONAI's get_mask_edges(crop=True)
 
@@ -294,7 +297,7 @@ def summarize(
     class_dice_means: list[float] = []
     for class_name, group in per_case.groupby("class_name", sort=False):
         name = str(class_name)
-        if name in _RESERVED_SUMMARY_KEYS:
+        if name in SUMMARY_KEYS:
             raise ValueError(f"class name {name!r} collides with a reserved summary key")
         groups = _groups(group)
         summary[name] = {
@@ -312,3 +315,36 @@ def summarize(
         summary["empty_policy"] = policy.describe()
     logger.debug("summarised %d rows, %d classes", len(per_case), len(summary) - 2)
     return summary
+
+
+def group_dice(
+    per_case: pd.DataFrame, policy: EmptyPolicy = EmptyPolicy(), n_bootstrap: int = 2000, seed: int = 0
+) -> dict[str, Any] | None:
+    """Dice per group, from the voxel counts pooled over the group's cases, summarised per class.
+
+    For a folder of 2D slices grouped by patient this is the patient's Dice over their stacked slices
+    (the figure slice-wise MRI studies publish), where the per-case mean weighs a slice without the
+    structure, predicted empty, as a perfect 1. None unless some group holds two or more cases. Returns
+    ``{class_name: {"dice": statistics}, "mean_dice": ..., "n_groups": ...}`` (statistics as
+    :func:`summarize`; empty on both sides over a whole group: the policy's value).
+    """
+    if "group" not in per_case.columns or not {"tp", "fp", "fn"} <= set(per_case.columns):
+        return None
+    rows = per_case.assign(group=per_case["group"].astype("string").replace("", pd.NA))
+    rows = rows.assign(group=rows["group"].fillna("case:" + rows["case_id"].astype(str)))
+    if rows.groupby("class_name")["group"].value_counts().max() < 2:
+        return None
+    out: dict[str, Any] = {}
+    means = []
+    for name, cls_rows in rows.groupby("class_name", sort=False):
+        sums = cls_rows.groupby("group")[["tp", "fp", "fn"]].sum()
+        dice = np.array(
+            [dice_score(int(t), int(t + p), int(t + f), policy) for t, p, f in sums.itertuples(index=False)],
+            dtype=np.float64,
+        )
+        out[str(name)] = {"dice": _describe(dice, n_bootstrap, seed)}
+        if np.isfinite(dice).any():
+            means.append(float(np.nanmean(dice)))
+    out["mean_dice"] = _json_float(np.mean(means)) if means else None
+    out["n_groups"] = int(rows["group"].nunique())
+    return out

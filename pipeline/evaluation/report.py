@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from pipeline.core import io
+from pipeline.evaluation.metrics import SUMMARY_KEYS
 from pipeline.evaluation.plots import (
     METRIC_LABELS,
     Overlay,
@@ -118,7 +119,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) 
 def _summary_section(summary: Mapping[str, Any]) -> str:
     rows = []
     for cls, stats in summary.items():
-        if not isinstance(stats, Mapping) or cls in ("bootstrap", "empty_policy", "ensemble"):
+        if not isinstance(stats, Mapping) or cls in SUMMARY_KEYS:
             continue
         for metric, s in stats.items():
             if not isinstance(s, Mapping):
@@ -137,6 +138,7 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
         f" &middot; bootstrap: {_fmt(boot.get('n'))} resamples, seed {_fmt(boot.get('seed'))}</p>",
         _table(["class", "metric", *SUMMARY_STATS, "95% CI of mean", "n"], rows, left=2),
     ]
+    parts.append(_per_group_part(summary.get("per_group")))
     if policy:
         desc = ", ".join(f"{k} = {_fmt(policy.get(k))}" for k in ("both_empty", "ref_empty_only", "pred_empty_only"))
         parts.append(
@@ -144,6 +146,23 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
             " distances are missing when either mask is empty.</p>"
         )
     return "\n".join(parts)
+
+
+def _per_group_part(per_group: Mapping[str, Any] | None) -> str:
+    """Dice per group (voxels pooled over the group's cases), when groups hold several cases."""
+    if not per_group:
+        return ""
+    rows = []
+    for cls, stats in per_group.items():
+        if isinstance(stats, Mapping) and cls not in SUMMARY_KEYS:
+            s = stats["dice"]
+            ci = f"[{_fmt(s.get('ci95_low'))}, {_fmt(s.get('ci95_high'))}]"
+            rows.append([cls, *(s.get(k) for k in SUMMARY_STATS), ci])
+    return (
+        f"<p>Per group (patient or site; voxels pooled over the group's cases, as a patient's Dice over "
+        f"their stacked slices): mean Dice <b>{_fmt(per_group.get('mean_dice'), 4)}</b> over "
+        f"{_fmt(per_group.get('n_groups'))} groups.</p>" + _table(["class", *SUMMARY_STATS, "95% CI of mean"], rows)
+    )
 
 
 def _worst_section(per_case: pd.DataFrame, n_worst: int) -> str:

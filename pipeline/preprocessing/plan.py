@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from monai.transforms import MapTransform
 
+from pipeline.preprocessing.transforms import body_mask
+
 SCHEMES = ("ct", "zscore", "none")
 
 
@@ -24,8 +26,9 @@ class Plan:
 
     The first five fields are the original plan; the rest have defaults so plans written before they
     existed still load (:meth:`from_dict`). ``intensity`` holds one entry per input channel:
-    ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``, ``{"scheme": "zscore"}`` (per image) or
-    ``{"scheme": "none"}``; empty means "use ``normalization`` for every channel".
+    ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``, ``{"scheme": "zscore"}`` (per image; with
+    ``"body": true`` over the body only, 0 outside) or ``{"scheme": "none"}``; empty means "use
+    ``normalization`` for every channel".
     """
 
     target_spacing: tuple[float, float, float]
@@ -123,11 +126,19 @@ class Plan:
 # ------------------------------------------------------------------------------------ normalisation
 
 
-def normalize_channels(image: torch.Tensor, channels: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-    """Normalise each channel of a (C, ...) float tensor by its scheme; returns a new tensor (meta kept)."""
+def normalize_channels(
+    image: torch.Tensor, channels: Sequence[Mapping[str, Any]], body: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Normalise each channel of a (C, ...) float tensor by its scheme; returns a new tensor (meta kept).
+
+    A ``zscore`` channel with ``"body": true`` takes its mean and std over ``body`` (a (1, ...) mask; default:
+    :func:`~pipeline.preprocessing.transforms.body_mask` of ``image``) and is 0 outside it.
+    """
     if len(channels) != image.shape[0]:
         raise ValueError(f"normalisation planned for {len(channels)} channel(s), the image has {image.shape[0]}")
     out = image.clone() if image.is_floating_point() else image.float()
+    if any(spec.get("body") for spec in channels):
+        inside = (body_mask(out) if body is None else torch.as_tensor(body)).reshape(out.shape[1:]).bool()
     for c, spec in enumerate(channels):
         x = out[c]
         scheme = spec.get("scheme", "zscore")
@@ -135,8 +146,11 @@ def normalize_channels(image: torch.Tensor, channels: Sequence[Mapping[str, Any]
             lo, hi = spec["clip"]
             x.clamp_(float(lo), float(hi)).sub_(float(spec["mean"])).div_(max(float(spec["std"]), 1e-8))
         elif scheme == "zscore":
-            mean, std = x.mean(), x.std(unbiased=False)
+            values = x[inside] if spec.get("body") and bool(inside.any()) else x
+            mean, std = values.mean(), values.std(unbiased=False)
             x.sub_(mean).div_(std if float(std) > 1e-8 else 1.0)
+            if spec.get("body"):
+                x.masked_fill_(~inside, 0.0)
         elif scheme != "none":
             raise ValueError(f"unknown normalisation scheme {scheme!r} (expected one of {SCHEMES})")
     return out
@@ -145,11 +159,16 @@ def normalize_channels(image: torch.Tensor, channels: Sequence[Mapping[str, Any]
 class NormalizeChannelsd(MapTransform):
     """Per-channel intensity normalisation from the plan (``ct``, ``zscore`` per image, ``none``).
 
+    ``body_key``: the entry holding the body mask for ``"body": true`` channels, taken before the crop (so a
+    crop that leaves no background does not make the lowest tissue voxel the body's edge); removed here.
     Not spatial, so nothing to invert.
     """
 
-    def __init__(self, keys: Hashable | Sequence[Hashable], channels: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, keys: Hashable | Sequence[Hashable], channels: Sequence[Mapping[str, Any]], body_key: str | None = None
+    ) -> None:
         super().__init__(keys)
+        self.body_key = body_key
         for spec in channels:
             if spec.get("scheme", "zscore") not in SCHEMES:
                 raise ValueError(f"unknown normalisation scheme {spec.get('scheme')!r} (expected one of {SCHEMES})")
@@ -159,6 +178,7 @@ class NormalizeChannelsd(MapTransform):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
+        body = d.pop(self.body_key, None) if self.body_key else None
         for key in self.key_iterator(d):
-            d[key] = normalize_channels(d[key], self.channels)
+            d[key] = normalize_channels(d[key], self.channels, body)
         return d

@@ -9,7 +9,8 @@ Every value is overridable in the config (:func:`make_plan`):
   resamples the in-plane axes and the slow axis in two separate steps.
 * normalisation per channel by the modality name in ``dataset.json``: ``CT`` -> clip to the 0.5/99.5
   percentiles of the dataset's foreground, then z-score with the mean/std of the clipped foreground samples;
-  anything else -> per-image z-score.
+  anything else -> per-image z-score, over the body only (0 outside) when the body's crop box keeps less
+  than ``BODY_MASK_FRACTION`` of the median image (nnU-Net's rule: a head on a black background).
 * a one-slice axis (a 2D dataset) is never resampled; 2D pictures whose structures grow with the picture are
   first brought to one size (:mod:`pipeline.preprocessing.pictures`).
 * resolution for training steps (:func:`coarsen_for_steps`): when the budget buys fewer than
@@ -42,7 +43,6 @@ from pipeline.preprocessing.settings import MIN_STEPS, plan_settings, training_s
 logger = logging.getLogger(__name__)
 
 
-
 def is_anisotropic(spacing: Sequence[float], threshold: float) -> bool:
     """The one anisotropy rule: the coarsest axis is more than ``threshold`` times the finest."""
     return float(np.max(spacing)) > threshold * float(np.min(spacing))
@@ -71,6 +71,18 @@ def _rounded(spacing: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(f"{s:.6g}") for s in spacing)  # type: ignore[return-value]
 
 
+# Below this median share of the image kept by the body's crop box, z-scores are taken inside the body
+# (nnU-Net's ``use_mask_for_norm`` rule: a brain MRI on a black background, not a CT or a chest X-ray).
+BODY_MASK_FRACTION = 0.75
+
+
+def body_fraction(fingerprints: pd.DataFrame) -> float:
+    """The median share of an image's voxels inside its body crop box."""
+    crop = np.prod([fingerprints[f"crop_shape_{i}"].to_numpy(float) for i in range(3)], axis=0)
+    full = np.prod([fingerprints[f"ras_shape_{i}"].to_numpy(float) for i in range(3)], axis=0)
+    return float(np.median(crop / np.maximum(full, 1.0)))
+
+
 def plan_normalization(
     modalities: Mapping[int, str],
     n_channels: int,
@@ -78,8 +90,10 @@ def plan_normalization(
     mode: str = "auto",
     ct_clip: Sequence[float] | None = None,
     ct_mean_std: Sequence[float] | None = None,
+    inside_body: bool = False,
 ) -> tuple[dict, ...]:
-    """Per-channel normalisation: ``auto`` picks ``ct`` for a channel whose modality is named CT, else ``zscore``.
+    """Per-channel normalisation: ``auto`` picks ``ct`` for a channel whose modality is named CT, else ``zscore``
+    (over the body only, 0 outside, when ``auto`` and ``inside_body``).
 
     ``ct``: clip to ``ct_clip`` (default: the foreground 0.5/99.5 percentiles), then z-score with
     ``ct_mean_std`` (default: mean/std of the clipped foreground samples, see :func:`intensity_statistics`).
@@ -89,7 +103,8 @@ def plan_normalization(
         name = str(modalities.get(c, "")).strip().upper()
         scheme = ("ct" if name == "CT" else "zscore") if mode == "auto" else mode
         if scheme != "ct":
-            out.append({"scheme": scheme})
+            body = scheme == "zscore" and inside_body and mode == "auto"
+            out.append({"scheme": scheme, "body": True} if body else {"scheme": scheme})
             continue
         s = stats[c] if c < len(stats) else {}
         lo, hi = ct_clip if ct_clip else (s.get("p0.5", math.nan), s.get("p99.5", math.nan))
@@ -140,9 +155,13 @@ def make_plan(
     samples = {k: match_channels(v, n_channels) if v.shape[0] != n_channels else v for k, v in samples.items()}
     spacing = _target_spacing(fingerprints, planned, single, cfg)
     stats = intensity_statistics(samples, cfg.ct_clip)
-    intensity = plan_normalization(info.modalities, n_channels, stats, cfg.normalization, cfg.ct_clip, cfg.ct_mean_std)
+    kept = body_fraction(fingerprints) if cfg.crop_foreground else 1.0
+    intensity = plan_normalization(
+        info.modalities, n_channels, stats, cfg.normalization, cfg.ct_clip, cfg.ct_mean_std, kept < BODY_MASK_FRACTION
+    )
     schemes = {c["scheme"] for c in intensity}
     normalization = schemes.pop() if len(schemes) == 1 else "mixed"
+
     def summary_at(target: Sequence[float]) -> dict:
         return _fingerprint_summary(fingerprints, planned, target, slow, single, stats, cfg)
 
@@ -150,7 +169,7 @@ def make_plan(
     summary = summary_at(spacing)
     settings = {
         "picture_scale": picture_scale,
-        **_preprocess_settings(spacing, intensity, slow, single, cfg, coarser),
+        **_preprocess_settings(spacing, intensity, slow, single, cfg, coarser, kept),
         **plan_settings(summary, spacing, study),
     }
     plan = Plan(
@@ -240,8 +259,13 @@ def _preprocess_settings(
     single: int | None,
     cfg: PreprocessConfig,
     coarser: str = "",
+    kept: float = 1.0,
 ) -> dict[str, dict]:
-    """The target spacing and normalisation settings, each with its source and reason."""
+    """The target spacing and normalisation settings, each with its source and reason (``kept``: the median
+    share of an image inside its body crop box)."""
+    body = any(c.get("body") for c in intensity)
+    box = f"the body's crop box keeps {kept:.0%} of the median image"
+    where = f"inside the body, 0 outside ({box}, < {BODY_MASK_FRACTION:.0%})" if body else f"over the image ({box})"
     return {
         "target_spacing": {
             "value": list(spacing),
@@ -249,9 +273,9 @@ def _preprocess_settings(
             "reason": "set in the config" if cfg.target_spacing else coarser or _spacing_reason(slow, single, cfg),
         },
         "normalization": {
-            "value": [c["scheme"] for c in intensity],
+            "value": [c["scheme"] + ("_body" if c.get("body") else "") for c in intensity],
             "source": "planned" if cfg.normalization == "auto" else "overridden",
-            "reason": "per channel: CT -> dataset clip + z-score, else per-image z-score"
+            "reason": f"per channel: CT -> dataset clip + z-score, else per-image z-score {where}"
             if cfg.normalization == "auto"
             else "set in the config",
         },
@@ -347,8 +371,14 @@ def class_order(fingerprints: pd.DataFrame) -> list[dict]:
                 same = max(float(np.mean(rel > 0)), float(np.mean(rel < 0)))
                 separation = float(np.median(rel))
                 if same >= ORDER_CONSISTENCY and abs(separation) >= ORDER_SEPARATION:
-                    out.append({"axis": axis, "classes": [a, b], "consistency": round(same, 3),
-                                "separation": round(separation, 3)})
+                    out.append(
+                        {
+                            "axis": axis,
+                            "classes": [a, b],
+                            "consistency": round(same, 3),
+                            "separation": round(separation, 3),
+                        }
+                    )
     return out
 
 

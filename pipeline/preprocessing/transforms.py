@@ -40,6 +40,9 @@ def load_images(keys: Sequence[str]) -> mt.LoadImaged:
         plugin_log.setLevel(level)
 
 
+BODY_KEY = "body"  # the body mask's entry between the crop and the normalisation (z-scores inside the body)
+
+
 def body_mask(x: torch.Tensor) -> torch.Tensor:
     """Voxels that belong to the scanned body: anything above the image minimum (any channel)."""
     flat = x.reshape(x.shape[0], -1)
@@ -138,8 +141,12 @@ def preprocessing(
     chain += _resampling(keys, target_spacing, slow_axis, image_interp, slow_axis_interp, onehot)
     if onehot:
         chain.append(mt.AsDiscreted("label", argmax=True))
+    inside_body = intensity is not None and any(c.get("body") for c in intensity)
+    if inside_body:  # the body as the crop sees it, cropped along with the image (see NormalizeChannelsd)
+        chain.append(mt.Lambdad("image", lambda x: body_mask(x).to(torch.uint8), overwrite=BODY_KEY))
     if crop_foreground:
-        chain.append(mt.CropForegroundd(keys, source_key="image", select_fn=body_mask, allow_smaller=True))
+        cropped = [*keys, BODY_KEY] if inside_body else keys
+        chain.append(mt.CropForegroundd(cropped, source_key="image", select_fn=body_mask, allow_smaller=True))
     chain += _normalization(intensity, normalization)
     return mt.Compose(chain)
 
@@ -198,7 +205,7 @@ def _normalization(intensity: Sequence[dict] | None, normalization: str) -> list
     from pipeline.preprocessing.plan import NormalizeChannelsd
 
     if intensity is not None:
-        return [NormalizeChannelsd("image", intensity)]
+        return [NormalizeChannelsd("image", intensity, BODY_KEY if any(c.get("body") for c in intensity) else None)]
     if normalization == "zscore":
         return [mt.NormalizeIntensityd("image", channel_wise=True)]
     return []

@@ -82,9 +82,7 @@ class PatchBatches(Dataset):
         self._cdfs = [self._class_cdf(v) for v in volumes]
         self._ratio_cdf = np.cumsum(self.ratios) / self.ratios.sum()
         # per class, the cases holding at least one voxel of it
-        self._holders = [
-            np.flatnonzero([len(v["locations"][c]) > 0 for v in volumes]) for c in range(len(self.ratios))
-        ]
+        self._holders = [np.flatnonzero([len(v["locations"][c]) > 0 for v in volumes]) for c in range(len(self.ratios))]
 
     def __len__(self) -> int:
         return self.n_batches
