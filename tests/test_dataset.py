@@ -336,6 +336,23 @@ def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_pa
     assert any(p.problem == "no label file for this image" for p in problems)
 
 
+def test_a_dataset_unpacked_as_distributed_is_read_from_its_training_folder(tmp_path: Path) -> None:
+    """DRIVE/training/{images,1st_manual,mask} beside DRIVE/test/: the training cases; the test folder is not read."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for n in (21, 22):
+        _png(tmp_path / "DRIVE" / "training" / "images" / f"{n}_training.png", rgb)
+        _png(tmp_path / "DRIVE" / "training" / "1st_manual" / f"{n}_manual1.png", mask)
+        _png(tmp_path / "DRIVE" / "training" / "mask" / f"{n}_training_mask.png", mask)
+    _png(tmp_path / "DRIVE" / "test" / "images" / "01_test.png", rgb)
+    _png(tmp_path / "DRIVE" / "test" / "mask" / "01_test_mask.png", mask)
+    info = read_dataset(tmp_path / "DRIVE", "auto")
+    assert not info.problems and info.name == "DRIVE"
+    assert [(c.case_id, c.label.name) for c in info.cases] == [
+        ("21_training", "21_manual1.png"),
+        ("22_training", "22_manual1.png"),
+    ]
+
+
 def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tmp_path: Path) -> None:
     """images/ + masks/ (as many 2D sets come) pairs; DRIVE as distributed pairs its 1st_manual/ annotations, never
     its mask/ (the field of view); an images/ folder with no label folder is one line naming what lies beside it."""

@@ -388,6 +388,12 @@ def test_find_cases_searches_patient_subfolders_and_skips_masks_beside_scans(tmp
         for name in (f"{patient}_1", f"{patient}_1_mask", f"{patient}_2"):
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / patient / f"{name}.png")
     assert [c.case_id for c in find_cases(tmp_path)] == ["P1_1", "P1_2", "P2_1", "P2_2"]
+    # DRIVE's test/ as distributed: images/ beside its field-of-view masks and annotations, which are not scans
+    test = tmp_path / "DRIVE" / "test"
+    for folder, name in (("images", "01_test"), ("mask", "01_test_mask"), ("1st_manual", "01_manual1")):
+        (test / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(test / folder / f"{name}.png")
+    assert [c.case_id for c in find_cases(test)] == ["01_test"]
 
 
 def test_a_folder_of_folds_ensembles_only_the_folds_its_pool_stage_listed(tmp_path: Path) -> None:

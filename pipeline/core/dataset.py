@@ -10,6 +10,7 @@ together with every per-case problem. What a ``dataset.json`` declares is read i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import re
@@ -263,6 +264,27 @@ LABEL_FOLDERS = {
 }  # fmt: skip
 
 
+#: sub-folders holding the training cases of a dataset unpacked as distributed (DRIVE: ``training/`` + ``test/``)
+TRAINING_FOLDERS = ("training", "train")
+
+
+def _training_folder(root: Path) -> Path | None:
+    """The ``training/`` (``train/``) sub-folder of ``root`` holding an image folder, when ``root`` has none."""
+    if any((root / name).is_dir() for name in LABEL_FOLDERS):
+        return None
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in TRAINING_FOLDERS):
+        if any((sub / name).is_dir() for name in LABEL_FOLDERS):
+            return sub
+    return None
+
+
+def scans_folder(path: Path) -> Path:
+    """``path``'s ``images/`` folder when mask folders lie beside it (DRIVE's ``test/``: ``images/``, ``mask/``,
+    ``1st_manual/``), else ``path``: where ``predict`` finds the scans of a folder as distributed."""
+    sub = path / "images"
+    return sub if sub.is_dir() and any((path / n).is_dir() for n in LABEL_FOLDERS["images"]) else path
+
+
 def read_folder(root: str | Path) -> DatasetInfo:
     """Read image and label files paired by case id.
 
@@ -274,10 +296,15 @@ def read_folder(root: str | Path) -> DatasetInfo:
     Images ``<case>_0000``, ``<case>_0001``, ... next to a label ``<case>`` are the channels of one case.
     Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}`` (the
     stages and ``validate`` then use the values found in the masks: :func:`pipeline.core.labels.values_found`).
+    A dataset unpacked as distributed, ``training/images/`` beside ``test/`` (DRIVE), is read from its
+    ``training/`` (or ``train/``) folder; the test folder is left for ``predict``.
     """
     root = Path(root)
     if (missing := _missing_root(root)) is not None:
         return missing
+    if (training := _training_folder(root)) is not None:
+        logger.info("%s: the cases of %s/ (the other folders are not read)", root, training.name)
+        return dataclasses.replace(read_folder(training), name=root.name)
     problems: list[Problem] = []
     labels, values, labels_source = sidecar_labels(root, problems)
     images: dict[str, Path] = {}

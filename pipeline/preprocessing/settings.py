@@ -238,7 +238,8 @@ def _full_resolution(thickness_mm: float | None, spacing: list[float], cfg: Conf
 def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) -> dict:
     """Foreground oversampling, iterations per epoch and epochs."""
     s, t = cfg.sample, cfg.train
-    out = {"foreground_ratio": entry(FOREGROUND_RATIO, s.foreground_ratio, "half the patches centred on foreground")}
+    why = "half the patches centred on foreground (from a case that holds the class drawn)"
+    out = {"foreground_ratio": entry(FOREGROUND_RATIO, s.foreground_ratio, why)}
     n, batch, budget = int(summary["n_cases"]), net["batch_size"]["value"], t.target_minutes * 60
     network = {"strides": net["strides"]["value"], "kernel_sizes": net["kernel_sizes"]["value"]}
     network["depth"] = len(network["strides"])

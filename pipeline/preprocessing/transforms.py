@@ -50,6 +50,11 @@ def body_mask(x: torch.Tensor) -> torch.Tensor:
     return (x > low).any(dim=0, keepdim=True)
 
 
+def _body_uint8(x: torch.Tensor) -> torch.Tensor:
+    """:func:`body_mask` as 0/1 values (a module-level function: the chain pickles for worker processes)."""
+    return body_mask(x).to(torch.uint8)
+
+
 class MatchChannelsd(mt.MapTransform):
     """Give a channel-first image the dataset's number of channels (2D grey <-> RGB, see
     :func:`pipeline.core.image2d.match_channels`); a no-op when they already agree. Not spatial."""
@@ -143,7 +148,7 @@ def preprocessing(
         chain.append(mt.AsDiscreted("label", argmax=True))
     inside_body = intensity is not None and any(c.get("body") for c in intensity)
     if inside_body:  # the body as the crop sees it, cropped along with the image (see NormalizeChannelsd)
-        chain.append(mt.Lambdad("image", lambda x: body_mask(x).to(torch.uint8), overwrite=BODY_KEY))
+        chain.append(mt.Lambdad("image", _body_uint8, overwrite=BODY_KEY))
     if crop_foreground:
         cropped = [*keys, BODY_KEY] if inside_body else keys
         chain.append(mt.CropForegroundd(cropped, source_key="image", select_fn=body_mask, allow_smaller=True))

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import CHANNEL_FILE, LABEL_TAGS, image_files, untag
+from pipeline.core.dataset import CHANNEL_FILE, LABEL_TAGS, image_files, scans_folder, untag
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,
@@ -62,7 +62,8 @@ def _without_masks(files: list[Path]) -> list[Path]:
 
 def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     """One case per scan (a file, or every image in a folder and its sub-folders, sorted; hidden files such as
-    ``.x.tmp.nii.gz`` left by an interrupted run are not scans, nor ``<case>_mask`` files beside ``<case>``).
+    ``.x.tmp.nii.gz`` left by an interrupted run are not scans, nor ``<case>_mask`` files beside ``<case>``, nor
+    the mask folders beside an ``images/`` folder, as DRIVE's ``test/`` comes).
     A folder holding DICOM files is one scan; in a folder of scans, every sub-folder holding DICOM files (at
     any depth) is one.
 
@@ -71,6 +72,9 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir() and (scans := scans_folder(path)) != path:
+        logger.info("%s: the scans of %s/ (the folders beside it hold masks)", path, scans.name)
+        path = scans
     if path.is_dir() and not dicom_series.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
         files = _without_masks(image_files(path, recursive=True))  # DICOM series folders are scans too
     else:
