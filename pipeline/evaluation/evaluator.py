@@ -138,9 +138,10 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
         predictor = Predictor([folder for _, folder in folders], keep_largest=chosen_postprocessing(cfg))
     labels = {int(k): v for k, v in predictor.meta["labels"].items()}
     per_case, written, pictures = score_cases(cases, predictor, e, e.predictions_dir)
-    summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=empty_policy(e))
+    policy = empty_policy(e)
+    summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=policy)
     summary["n_cases"] = len(cases)
-    per_group = group_dice(per_case, empty_policy(e), e.n_bootstrap, e.seed)
+    per_group = group_dice(per_case, policy, e.n_bootstrap, e.seed)
     if per_group is not None:
         summary["per_group"] = per_group
     summary["physical_spacing"] = not pictures  # False: distances in pixels (see the report)

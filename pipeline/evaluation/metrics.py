@@ -328,10 +328,10 @@ def group_dice(
     ``{class_name: {"dice": statistics}, "mean_dice": ..., "n_groups": ...}`` (statistics as
     :func:`summarize`; empty on both sides over a whole group: the policy's value).
     """
-    if "group" not in per_case.columns or not {"tp", "fp", "fn"} <= set(per_case.columns):
+    groups = _groups(per_case) if {"tp", "fp", "fn"} <= set(per_case.columns) else None
+    if groups is None:
         return None
-    rows = per_case.assign(group=per_case["group"].astype("string").replace("", pd.NA))
-    rows = rows.assign(group=rows["group"].fillna("case:" + rows["case_id"].astype(str)))
+    rows = per_case.assign(group=groups)
     if rows.groupby("class_name")["group"].value_counts().max() < 2:
         return None
     out: dict[str, Any] = {}

@@ -32,6 +32,11 @@ def class_ratios(num_classes: int, foreground_ratio: float) -> list[float]:
     return [1.0 - foreground_ratio] + [fg] * (num_classes - 1)
 
 
+def _class_of(cdf: np.ndarray, draw: float) -> int:
+    """The class a uniform ``draw`` in [0, 1) picks from cumulative class probabilities ``cdf``."""
+    return min(int(np.searchsorted(cdf, draw, side="right")), len(cdf) - 1)
+
+
 def crop_slices(center: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
     """The window of ``size`` around ``center``, shifted to lie inside ``shape`` (clipped where larger).
 
@@ -102,7 +107,7 @@ class PatchBatches(Dataset):
         image = np.zeros((self.batch_size, channels, *self.size), np.float32)
         label = np.zeros((self.batch_size, 1, *self.size), np.int64)
         for b, i in enumerate(picks):
-            cls = min(int(np.searchsorted(self._ratio_cdf, draws[b], side="right")), len(self.ratios) - 1)
+            cls = _class_of(self._ratio_cdf, draws[b])
             if cls > 0 and len(self.volumes[i]["locations"][cls]) == 0 and len(self._holders[cls]):
                 i = int(self._holders[cls][rng.integers(len(self._holders[cls]))])
             vol = self.volumes[i]
@@ -110,7 +115,7 @@ class PatchBatches(Dataset):
             cdf = self._cdfs[i]
             if cdf is not None:
                 if len(vol["locations"][cls]) == 0:  # not held here: by the ratios of the classes the case holds
-                    cls = min(int(np.searchsorted(cdf, draws[b], side="right")), len(cdf) - 1)
+                    cls = _class_of(cdf, draws[b])
                 loc = vol["locations"][cls]
                 center = np.unravel_index(int(loc[rng.integers(len(loc))]), shape)
             else:  # no class with a positive ratio in this case: a uniformly random centre (as nnU-Net)
