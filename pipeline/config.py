@@ -69,8 +69,9 @@ class PreprocessConfig:
 
     out_dir: str = "data/preprocessed"
     target_spacing: tuple[float, float, float] | None = None  # None: median (anisotropic: see below)
-    # auto: per channel by dataset.json modality ("CT": clip + z-score with dataset stats, else per-image z-score)
-    normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
+    # auto: per channel by dataset.json modality ("CT": clip + z-score with dataset stats, else per-image z-score,
+    # inside the body when its crop box keeps < 75% of the image); zscore_body: per-image z-score inside the body
+    normalization: Literal["auto", "zscore", "zscore_body", "ct", "none"] = "auto"
     crop_foreground: bool = True
     workers: int = 2  # processes for fingerprinting and preprocessing
     anisotropy_threshold: float = 3.0  # coarsest / finest median spacing above this: anisotropic

@@ -89,6 +89,10 @@ def test_mri_on_a_black_background_is_z_scored_inside_the_body(tmp_path: Path) -
     info2 = write_dataset(tmp_path / "mr2", filled, "MRI")
     table2, samples2 = fingerprint_dataset(info2, workers=1)
     assert make_plan(info2, table2, samples2, PreprocessConfig()).intensity == ({"scheme": "zscore"},)
+    forced = make_plan(info2, table2, samples2, PreprocessConfig(normalization="zscore_body"))  # and the other way
+    assert forced.intensity == ({"scheme": "zscore", "body": True},)
+    setting = forced.settings["normalization"]
+    assert setting == {"value": ["zscore_body"], "source": "overridden", "reason": "set in the config"}
 
 
 def fingerprints_of(spacings: list[tuple[float, float, float]]) -> pd.DataFrame:

@@ -93,7 +93,7 @@ def plan_normalization(
     inside_body: bool = False,
 ) -> tuple[dict, ...]:
     """Per-channel normalisation: ``auto`` picks ``ct`` for a channel whose modality is named CT, else ``zscore``
-    (over the body only, 0 outside, when ``auto`` and ``inside_body``).
+    (over the body only, 0 outside, when ``inside_body``); ``zscore_body`` z-scores every channel inside the body.
 
     ``ct``: clip to ``ct_clip`` (default: the foreground 0.5/99.5 percentiles), then z-score with
     ``ct_mean_std`` (default: mean/std of the clipped foreground samples, see :func:`intensity_statistics`).
@@ -103,8 +103,8 @@ def plan_normalization(
         name = str(modalities.get(c, "")).strip().upper()
         scheme = ("ct" if name == "CT" else "zscore") if mode == "auto" else mode
         if scheme != "ct":
-            body = scheme == "zscore" and inside_body and mode == "auto"
-            out.append({"scheme": scheme, "body": True} if body else {"scheme": scheme})
+            body = scheme == "zscore_body" or (scheme == "zscore" and inside_body and mode == "auto")
+            out.append({"scheme": "zscore", "body": True} if body else {"scheme": scheme})
             continue
         s = stats[c] if c < len(stats) else {}
         lo, hi = ct_clip if ct_clip else (s.get("p0.5", math.nan), s.get("p99.5", math.nan))
