@@ -98,6 +98,7 @@ class SplitConfig:
 
     file: str = "data/splits.json"  # written once, reused while cases, groups and these settings match
     test_fraction: float = 0.25
+    dataset_test: bool = True  # the dataset's own labelled test cases are the test set (test_fraction unused)
     folds: int = 5
     seed: int = 0
 

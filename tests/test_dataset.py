@@ -307,7 +307,10 @@ def test_patient_subfolders_of_slices_and_masks_are_grouped_by_patient(tmp_path:
     info = read_dataset(tmp_path, "auto")
     assert not info.problems
     assert {(c.case_id, c.group) for c in info.cases} == {
-        ("TCGA_A_1", "TCGA_A"), ("TCGA_A_2", "TCGA_A"), ("TCGA_B_1", "TCGA_B"), ("TCGA_B_2", "TCGA_B")
+        ("TCGA_A_1", "TCGA_A"),
+        ("TCGA_A_2", "TCGA_A"),
+        ("TCGA_B_1", "TCGA_B"),
+        ("TCGA_B_2", "TCGA_B"),
     }
     assert all(c.label is not None and c.label.name == f"{c.case_id}_mask.png" for c in info.cases)
     nested = tmp_path / "lgg-mri-segmentation"  # the patients one folder further down: still the groups
@@ -329,7 +332,8 @@ def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_pa
     info = read_dataset(tmp_path, "auto")
     assert not info.problems
     assert {(c.case_id, c.label.name) for c in info.cases} == {
-        ("21_training", "21_manual1.png"), ("22_training", "22_manual1.png")
+        ("21_training", "21_manual1.png"),
+        ("22_training", "22_manual1.png"),
     }
     _png(tmp_path / "labels" / "21_manual2.png", mask)  # two labels start with 21: no guessing
     problems = read_dataset(tmp_path, "auto").problems
@@ -351,6 +355,53 @@ def test_a_dataset_unpacked_as_distributed_is_read_from_its_training_folder(tmp_
         ("21_training", "21_manual1.png"),
         ("22_training", "22_manual1.png"),
     ]
+    # the test folder's mask/ is the field of view, not vessels: no test cases without its 1st_manual/
+    assert not any(c.test for c in info.cases)
+    # with test/1st_manual/ (DRIVE as distributed with its manual masks): its pictures are the dataset's test cases
+    _png(tmp_path / "DRIVE" / "test" / "images" / "02_test.png", rgb)
+    _png(tmp_path / "DRIVE" / "test" / "1st_manual" / "01_manual1.png", mask)
+    info = read_dataset(tmp_path / "DRIVE", "auto")
+    assert not info.problems
+    assert [(c.case_id, c.label.name, c.test) for c in info.cases] == [
+        ("21_training", "21_manual1.png", False),
+        ("22_training", "22_manual1.png", False),
+        ("01_test", "01_manual1.png", True),  # 02_test has no manual mask: left for predict
+    ]
+    # pointed at training/ itself, nothing outside the data root is read
+    assert not any(c.test for c in read_dataset(tmp_path / "DRIVE" / "training", "auto").cases)
+
+
+def test_a_datasets_own_labelled_test_cases_are_marked(tmp_path: Path) -> None:
+    """MSD test entries with a label (BraTS examples), test image paths with a file in labelsTs/, imagesTs/ +
+    labelsTs/ of an nnU-Net folder, a manifest's split column: test cases; unlabelled test entries are not cases."""
+    meta = dict(GOOD, test=[{"image": "imagesTs/c.nii.gz", "label": "labelsTs/c.nii.gz"}, "imagesTs/d.nii.gz"])
+    root = _msd(tmp_path / "msd", meta)
+    for name in ("imagesTs/c", "labelsTs/c", "imagesTs/d"):
+        _touch_nii(root / f"{name}.nii.gz")
+    info = read_msd(root)
+    assert not info.problems and [(c.case_id, c.test) for c in info.cases] == [("a", False), ("b", False), ("c", True)]
+    _touch_nii(root / "labelsTs" / "d.nii.gz")  # the MSD's test list of image paths, labelled beside it
+    assert [(c.case_id, c.test) for c in read_msd(root).cases][-1] == ("d", True)
+    # a test entry whose id repeats a training case is a problem, as within the training list
+    meta["test"] = [{"image": "imagesTs/c.nii.gz", "label": "labelsTs/c.nii.gz", "group": "x"}] * 2
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert [p.problem for p in read_msd(root).problems] == ["duplicate case id 'c'"]
+    # nnU-Net v2 folder (no training list): imagesTs/ + labelsTs/ paired by name
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "fg": 1}, "file_ending": ".nii.gz"}))
+    info = read_msd(root)
+    assert not info.problems and [(c.case_id, c.test) for c in info.cases] == [
+        ("a", False), ("b", False), ("c", True), ("d", True),
+    ]  # fmt: skip
+    # manifest: split column
+    rows = [
+        "case_id,image,label,split",
+        "a,imagesTr/a.nii.gz,labelsTr/a.nii.gz,",
+        "c,imagesTs/c.nii.gz,labelsTs/c.nii.gz,TEST",
+    ]
+    (root / "manifest.csv").write_text("\n".join(rows + ["b,imagesTr/b.nii.gz,labelsTr/b.nii.gz,holdout"]) + "\n")
+    info = read_dataset(root, "csv")
+    assert [(c.case_id, c.test) for c in info.cases] == [("a", False), ("c", True)]
+    assert [p.problem for p in info.problems] == ["malformed manifest: line 4: split 'holdout' is not train or test"]
 
 
 def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tmp_path: Path) -> None:
@@ -373,5 +424,6 @@ def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tm
     assert not read_dataset(tmp_path / "none", "auto").cases
     folder = [p.problem for p in problems if p.case_id == "(dataset)"]
     assert len(folder) == 1 and "no folder of label masks beside images/ (labels/, masks/, 1st_manual/" in folder[0]
-    assert folder[0].endswith("(beside it: fov); put the masks in labels/ (names equal to the images', or sharing "
-                              "their leading part)")
+    assert folder[0].endswith(
+        "(beside it: fov); put the masks in labels/ (names equal to the images', or sharing their leading part)"
+    )

@@ -85,6 +85,10 @@ def test_the_paragraph_states_what_the_files_hold(study: Config) -> None:
     methods, results = _text(study)
     assert "5 labelled cases from data/raw (DVC md5 abc123.dir" in methods and "DVC md5 def456.dir" in methods
     assert "2 cases were held out for testing (split.test_fraction 0.3, seed 7)" in methods
+    splits = json.loads(Path("splits.json").read_text())
+    Path("splits.json").write_text(json.dumps(dict(splits, test_given=True)))  # the dataset's own test cases
+    assert "The dataset's own 2 labelled test cases were the test set and the other 3 split" in _text(study)[0]
+    Path("splits.json").write_text(json.dumps(splits))
     assert "2 cross-validation folds of 2/1 cases, cases of one group (patient or site; 2 named groups)" in methods
     assert "resampled to 1.00 x 1.00 x 1.50 mm, zscore intensity normalisation" in methods
     assert "patch_size [40, 56, 40] (planned)" in methods and "epochs 94 (overridden)" in methods

@@ -109,6 +109,20 @@ def test_without_groups_the_split_is_the_plain_per_case_one() -> None:
     assert "groups" not in s
 
 
+def test_the_datasets_own_test_cases_are_the_test_set(tmp_path: Path) -> None:
+    given = IDS[:3]
+    s = make_splits(IDS, 0.2, 4, 0, given_test=given)
+    assert s["test"] == given and s["test_given"] is True
+    assert sorted(non_test_cases(s)) == IDS[3:]  # every other case trains or validates
+    # the split file is made again when which cases the dataset gives as test changes
+    path = tmp_path / "splits.json"
+    assert load_or_make_splits(path, IDS, 0.2, 4, 0, given_test=given) == s
+    assert load_or_make_splits(path, IDS, 0.2, 4, 0, given_test=IDS[:2])["test"] == IDS[:2]
+    assert "test_given" not in load_or_make_splits(path, IDS, 0.2, 4, 0)
+    with pytest.raises(ValueError, match="0 non-test case group"):
+        make_splits(IDS, 0.2, 4, 0, given_test=IDS)
+
+
 def _tiny_ct_dataset(root: Path, n: int = 8, groups: list[str] | None = None) -> Path:
     """``n`` small CT-like cases (one structure), MSD layout; optional ``group`` per training entry."""
     (root / "imagesTr").mkdir(parents=True)
@@ -132,12 +146,12 @@ def _tiny_ct_dataset(root: Path, n: int = 8, groups: list[str] | None = None) ->
     return root
 
 
-def _preprocess(tmp: Path, root: Path) -> Path:
+def _preprocess(tmp: Path, root: Path, split: dict | None = None) -> Path:
     from pipeline.stages import preprocess
 
     params = {
         "data": {"root": str(root), "layout": "msd"},
-        "split": {"file": str(tmp / "splits.json"), "test_fraction": 0.25, "folds": 2},
+        "split": {"file": str(tmp / "splits.json"), "test_fraction": 0.25, "folds": 2, **(split or {})},
         "preprocess": {"out_dir": str(tmp / "pre"), "workers": 1, "target_spacing": [1.0, 1.0, 2.0]},
     }
     config = tmp / "params.yaml"
@@ -164,6 +178,22 @@ def test_a_test_case_never_reaches_the_plan_or_the_preprocessed_data(tmp_path: P
     assert json.loads((tmp_path / "splits.json").read_text()) == splits
     assert (pre / "plans.json").read_bytes() == plans
     assert {p.relative_to(pre): p.read_bytes() for p in sorted(pre.rglob("*.npy"))} == written
+
+
+def test_the_datasets_labelled_test_entries_are_tested_and_never_planned(tmp_path: Path) -> None:
+    """An MSD ``test`` list with labels (the BraTS examples): those cases are the test set and every training case
+    is planned; ``split.dataset_test: false`` pools them and draws ``test_fraction``."""
+    root = _tiny_ct_dataset(tmp_path / "raw")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["test"], meta["training"] = meta["training"][:2], meta["training"][2:]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    pre = _preprocess(tmp_path, root)
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert splits["test"] == ["c0", "c1"] and splits["test_given"]
+    assert json.loads((pre / "plans.json").read_text())["fingerprint"]["n_cases"] == 6
+    pre = _preprocess(tmp_path, root, {"dataset_test": False})
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert len(splits["test"]) == 2 and "test_given" not in splits and splits["test"] != ["c0", "c1"]
 
 
 def test_dataset_json_groups_reach_the_split_file(tmp_path: Path) -> None:

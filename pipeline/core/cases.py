@@ -61,6 +61,9 @@ class Case:
     images: tuple[Path, ...]
     label: Path | None = None
     group: str | None = None  # patient or site: cases of one group are never split apart
+    #: a labelled case the dataset itself sets aside for testing (an MSD ``test`` entry with a label, ``imagesTs`` +
+    #: ``labelsTs``, DRIVE's ``test/`` folder with its manual masks, a manifest row whose ``split`` is ``test``)
+    test: bool = False
 
 
 @dataclass(frozen=True)

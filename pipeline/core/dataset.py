@@ -73,6 +73,7 @@ def read_msd(root: str | Path) -> DatasetInfo:
         cases, problems = list(folder.cases), problems + list(folder.problems)
     else:
         cases = _training_cases(root, training, source, problems)
+        cases += _test_cases(root, meta.get("test"), source, problems)
         _check_unique(cases, source, problems)
     name = str(meta.get("name", root.name))
     return DatasetInfo(name, labels, modalities, tuple(cases), tuple(problems), str(source), values, declared)
@@ -88,12 +89,25 @@ def _training_cases(root: Path, training: object, source: Path, problems: list[P
             Problem(DATASET_ROW, str(source), "malformed dataset.json: 'training' must be a non-empty list")
         )
         return []
-    cases = [_training_case(root, f"training[{i}]", entry, source, problems) for i, entry in enumerate(training)]
+    cases = [_listed_case(root, f"training[{i}]", entry, source, problems) for i, entry in enumerate(training)]
     return [case for case in cases if case is not None]
 
 
-def _training_case(root: Path, where: str, entry: object, source: Path, problems: list[Problem]) -> Case | None:
-    """One entry of the ``training`` list (``where``: its place in the list), or None with its problems."""
+def _test_cases(root: Path, test: object, source: Path, problems: list[Problem]) -> list[Case]:
+    """The labelled entries of an MSD ``test`` list, as test cases: ``{image, label}`` objects, and image paths
+    whose file name is also in ``labelsTs/``. Unlabelled entries (the MSD's own test lists) are left for predict."""
+    cases = []
+    for i, entry in enumerate(test if isinstance(test, list) else []):
+        if isinstance(entry, str) and entry.strip() and (root / "labelsTs" / Path(entry.strip()).name).is_file():
+            entry = {"image": entry, "label": f"labelsTs/{Path(entry.strip()).name}"}
+        if isinstance(entry, dict) and entry.get("label") is not None:
+            case = _listed_case(root, f"test[{i}]", entry, source, problems)
+            cases += [dataclasses.replace(case, test=True)] if case is not None else []
+    return cases
+
+
+def _listed_case(root: Path, where: str, entry: object, source: Path, problems: list[Problem]) -> Case | None:
+    """One entry of the ``training`` (or ``test``) list (``where``: its place in it), or None with its problems."""
     if not isinstance(entry, dict):
         problems.append(
             Problem(where, str(source), f"malformed dataset.json: {where} is not an {{image, label}} object")
@@ -127,8 +141,13 @@ def _group(value: object) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
+#: values of a manifest's optional ``split`` column
+MANIFEST_SPLITS = ("", "train", "training", "test")
+
+
 def read_manifest(manifest: str | Path, root: str | Path | None = None) -> DatasetInfo:
-    """Read a CSV manifest with columns ``case_id,image,label`` (and optionally ``group``: patient or site).
+    """Read a CSV manifest with columns ``case_id,image,label`` (optionally ``group``: patient or site; and
+    ``split``: ``test`` marks the dataset's own test cases, empty or ``train`` the others).
 
     Paths are relative to ``root`` (default: the CSV's folder) and must stay inside it. Labels come from
     ``root/dataset.json`` when present, else ``{0: background, 1: foreground}``.
@@ -165,8 +184,13 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
         prefix = "malformed manifest: "
         image = _inside(root, row.get("image"), f"line {n}", "image", manifest, cid, problems, prefix)
         label = _inside(root, row.get("label"), f"line {n}", "label", manifest, cid, problems, prefix)
-        if len(problems) == n_before and image is not None:
-            cases.append(Case(cid, (image,), label, _group(row.get("group"))))
+        split = (row.get("split") or "").strip().lower()
+        if split not in MANIFEST_SPLITS:
+            problems.append(
+                Problem(cid, str(manifest), f"malformed manifest: line {n}: split {split!r} is not train or test")
+            )
+        elif len(problems) == n_before and image is not None:
+            cases.append(Case(cid, (image,), label, _group(row.get("group")), test=split == "test"))
     if not rows:
         problems.append(Problem(DATASET_ROW, str(manifest), "malformed manifest: no cases listed"))
     _check_unique(cases, manifest, problems)
@@ -297,46 +321,97 @@ def read_folder(root: str | Path) -> DatasetInfo:
     Labels come from ``root/dataset.json`` when present, else ``{0: background, 1: foreground}`` (the
     stages and ``validate`` then use the values found in the masks: :func:`pipeline.core.labels.values_found`).
     A dataset unpacked as distributed, ``training/images/`` beside ``test/`` (DRIVE), is read from its
-    ``training/`` (or ``train/``) folder; the test folder is left for ``predict``.
+    ``training/`` (or ``train/``) folder. The dataset's own labelled test cases (:func:`_test_folders`:
+    ``imagesTs/`` + ``labelsTs/``, or DRIVE's ``test/images/`` + ``test/1st_manual/``) are read as test cases.
     """
     root = Path(root)
     if (missing := _missing_root(root)) is not None:
         return missing
     if (training := _training_folder(root)) is not None:
-        logger.info("%s: the cases of %s/ (the other folders are not read)", root, training.name)
-        return dataclasses.replace(read_folder(training), name=root.name)
+        logger.info(
+            "%s: the training cases of %s/ (a test folder's labelled cases are the test cases)", root, training.name
+        )
+        return dataclasses.replace(_read_folder(training, root), name=root.name)
+    return _read_folder(root, root)
+
+
+def _read_folder(root: Path, home: Path) -> DatasetInfo:
+    """:func:`read_folder` of ``root``; ``home``: the data root (``root``'s parent when it is a ``training/``)."""
     problems: list[Problem] = []
     labels, values, labels_source = sidecar_labels(root, problems)
-    images: dict[str, Path] = {}
-    label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
-    for images_name, labels_names in LABEL_FOLDERS.items():
-        if (root / images_name).is_dir():
-            images = _by_stem(image_files(root / images_name), problems)
-            found = [root / n for n in labels_names if (root / n).is_dir()]
-            if found:
-                label_files = _by_stem(image_files(found[0]), problems)
-                label_files = _pair_by_leading_part(images, label_files)
-            else:
-                problems.append(_no_label_folder(root, images_name, labels_names))
-            break
-    else:
+    test: list[Case] = []
+    images_name = next((name for name in LABEL_FOLDERS if (root / name).is_dir()), None)
+    if images_name is None:
         images, label_files, groups = _flat_files(root, problems)
+    else:
+        labels_name = next((n for n in LABEL_FOLDERS[images_name] if (root / n).is_dir()), None)
+        if labels_name is None:
+            problems.append(_no_label_folder(root, images_name, LABEL_FOLDERS[images_name]))
+            images, label_files = _by_stem(image_files(root / images_name), problems), {}
+        else:
+            images, label_files = _paired_files(root / images_name, root / labels_name, problems)
+            if (test_dirs := _test_folders(root, home, images_name, labels_name)) is not None:
+                test_images, test_labels = _paired_files(*test_dirs, problems)
+                test = _cases(test_images, test_labels, {}, problems, unlabelled_ok=True)
     if not images:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
+    cases = _cases(images, label_files, groups, problems) + [dataclasses.replace(c, test=True) for c in test]
+    if test:
+        _check_unique(cases, test_dirs[0], problems)  # type: ignore[index]
+    return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
+
+
+#: folders beside ``training/`` holding the dataset's own test cases (DRIVE: ``test/images/``, ``test/1st_manual/``)
+TEST_FOLDERS = ("test", "testing")
+
+
+def _test_folders(root: Path, home: Path, images_name: str, labels_name: str) -> tuple[Path, Path] | None:
+    """The image and label folders of the dataset's own labelled test cases, named as the training ones:
+    ``imagesTs/`` + ``labelsTs/`` beside ``imagesTr/``; ``test/<images>/`` + ``test/<labels>/`` beside the
+    ``training/`` folder ``root`` (inside the data root ``home``). A test folder without that label folder (DRIVE
+    as some mirrors ship it: ``test/mask/`` holds the field of view, not vessels) holds no test cases here."""
+    if images_name == "imagesTr":
+        candidates = [(root / "imagesTs", root / "labelsTs")]
+    elif root != home:
+        subs = sorted(p for p in home.iterdir() if p.is_dir() and p.name.lower() in TEST_FOLDERS)
+        candidates = [(sub / images_name, sub / labels_name) for sub in subs]
+    else:
+        candidates = []
+    return next(((i, lab) for i, lab in candidates if i.is_dir() and lab.is_dir()), None)
+
+
+def _paired_files(
+    images_dir: Path, labels_dir: Path, problems: list[Problem]
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``{case: image}`` of ``images_dir`` and ``{case: label}`` of ``labels_dir``, paired by name."""
+    images = _by_stem(image_files(images_dir), problems)
+    return images, _pair_by_leading_part(images, _by_stem(image_files(labels_dir), problems))
+
+
+def _cases(
+    images: dict[str, Path],
+    label_files: dict[str, Path],
+    groups: dict[str, str],
+    problems: list[Problem],
+    unlabelled_ok: bool = False,
+) -> list[Case]:
+    """The cases of paired image and label files; an image without a label (unless ``unlabelled_ok``: a test
+    image left for ``predict``) or a label without an image is a problem."""
     cases = []
     for cid, files in sorted(_group_channels(images, label_files, problems).items()):
         if (bad := case_id_problem(cid)) is not None:
             problems.append(Problem(DATASET_ROW, str(files[0]), bad))
             continue
         if cid not in label_files:
-            problems.append(Problem(cid, str(files[0]), "no label file for this image"))
+            if not unlabelled_ok:
+                problems.append(Problem(cid, str(files[0]), "no label file for this image"))
             continue
         cases.append(Case(cid, tuple(_abs(f) for f in files), _abs(label_files[cid]), groups.get(cid)))
     for cid, label in sorted(label_files.items()):
         if cid not in images and not any(_channel_of(s, label_files) == cid for s in images):
             problems.append(Problem(cid, str(label), "no image file for this label"))
-    return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
+    return cases
 
 
 def _no_label_folder(root: Path, images_name: str, labels_names: tuple[str, ...]) -> Problem:

@@ -8,6 +8,10 @@ training sees.
 Groups (an optional ``group`` column in a CSV manifest or ``"group"`` key of a ``dataset.json`` training
 entry: a patient or a site) are kept whole: a group's cases all go to the test set or all to one fold.
 Without groups every case is its own group, and the split is the plain per-case one.
+
+A dataset that sets its own labelled test cases aside (:attr:`pipeline.core.cases.Case.test`: an MSD ``test``
+entry with a label, ``imagesTs/`` + ``labelsTs/``, DRIVE's ``test/`` with its manual masks, a manifest's ``split``
+column) is tested on those (``split.dataset_test``), and every other case goes to the folds.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ logger = logging.getLogger(__name__)
 SPLITS_VERSION = 1
 
 
-def _case_hash(case_ids: Sequence[str], groups: Mapping[str, str] | None = None) -> str:
-    """Hash of the case ids (and, when any case has a group, of the grouping)."""
+def _case_hash(case_ids: Sequence[str], groups: Mapping[str, str] | None = None, given: Sequence[str] = ()) -> str:
+    """Hash of the case ids (and, when any case has a group, of the grouping; when the dataset names its own test
+    cases, of which they are)."""
     lines = sorted(case_ids)
     if groups:
         lines = [f"{c}\t{groups.get(c, c)}" for c in lines]
+    if given:
+        lines = [f"{line}\ttest" if c in set(given) else line for c, line in zip(sorted(case_ids), lines, strict=True)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
@@ -41,25 +48,33 @@ def make_splits(
     folds: int,
     seed: int,
     groups: Mapping[str, str] | None = None,
+    given_test: Sequence[str] = (),
 ) -> dict:
     """Hold out a test set, then split the rest into ``folds`` cross-validation folds, group by group.
 
     Groups are visited in a seeded random order: the first ones go to the test set until it holds
     ``round(test_fraction * n)`` cases; the rest, largest first, each go to the fold with fewest cases.
     Without groups this is a random permutation: the first cases are the test set, the rest dealt round-robin.
+    ``given_test`` (the dataset's own test cases), when not empty, is the test set instead.
     """
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     ids = sorted(case_ids)
+    given = set(given_test)
     groups = {c: str(g) for c, g in (groups or {}).items() if g not in (None, "")}
     members: dict[str, list[str]] = {}
     for c in ids:
-        members.setdefault(groups.get(c, f"\0{c}"), []).append(c)
+        if c not in given:
+            members.setdefault(groups.get(c, f"\0{c}"), []).append(c)
     names = sorted(members)
     rng = np.random.default_rng(seed)
     order = [names[i] for i in rng.permutation(len(names))]
-    n_test = int(round(test_fraction * len(ids)))
-    test: list[str] = []
+    n_test = 0 if given else int(round(test_fraction * len(ids)))
+    test: list[str] = sorted(given)
+    if shared := {groups[c] for c in given if c in groups} & set(members):
+        logger.warning(
+            "%d group(s) hold both training and the dataset's test cases (e.g. %s)", len(shared), min(shared)
+        )
     while order and len(test) < n_test:
         test += members[order.pop(0)]
     requested = folds
@@ -78,8 +93,10 @@ def make_splits(
         "folds": [sorted(f) for f in fold_lists],
         "folds_requested": requested,
         "test": sorted(test),
-        "cases_sha": _case_hash(ids, groups),
+        "cases_sha": _case_hash(ids, groups, sorted(given)),
     }
+    if given:
+        out["test_given"] = True  # the dataset's own test cases, not a test_fraction draw
     if groups:
         out["groups"] = {c: groups[c] for c in ids if c in groups}
     return out
@@ -92,6 +109,7 @@ def load_or_make_splits(
     folds: int,
     seed: int,
     groups: Mapping[str, str] | None = None,
+    given_test: Sequence[str] = (),
 ) -> dict:
     """Reuse the split file if it was made for these cases, groups and settings; otherwise write a new one."""
     path = Path(path)
@@ -100,7 +118,7 @@ def load_or_make_splits(
         old = json.loads(path.read_text())
         same = (
             old.get("version") == SPLITS_VERSION
-            and old.get("cases_sha") == _case_hash(case_ids, clean)
+            and old.get("cases_sha") == _case_hash(case_ids, clean, given_test)
             and old.get("seed") == seed
             and old.get("test_fraction") == test_fraction
             and old.get("folds_requested", len(old.get("folds", []))) == folds
@@ -109,12 +127,13 @@ def load_or_make_splits(
             logger.info("reusing split file %s", path)
             return old
         logger.warning("split file %s was made for other cases or settings: writing a new one", path)
-    splits = make_splits(case_ids, test_fraction, folds, seed, clean)
+    splits = make_splits(case_ids, test_fraction, folds, seed, clean, given_test)
     io.write_json(path, splits)
     logger.info(
-        "split %d cases: %d test, %d folds of %s",
+        "split %d cases: %d test%s, %d folds of %s",
         len(case_ids),
         len(splits["test"]),
+        " (the dataset's own)" if given_test else "",
         len(splits["folds"]),
         "/".join(str(len(f)) for f in splits["folds"]),
     )

@@ -53,9 +53,15 @@ def _data(splits: Mapping[str, Any], hashes: Mapping[str, str], data_root: str, 
         if groups
         else "split case by case (no groups)"
     )
+    n_test = len(splits.get("test", []))
+    held_out = (
+        f"The dataset's own {n_test} labelled test cases were the test set"
+        if splits.get("test_given")
+        else f"{n_test} cases were held out for testing (split.test_fraction {splits.get('test_fraction')}, "
+        f"seed {splits.get('seed')})"
+    )
     return (
-        f"{text} {len(splits.get('test', []))} cases were held out for testing (split.test_fraction "
-        f"{splits.get('test_fraction')}, seed {splits.get('seed')}) and the other {n - len(splits.get('test', []))} "
+        f"{text} {held_out} and the other {n - n_test} "
         f"split into {len(folds)} cross-validation folds of {'/'.join(str(len(f)) for f in folds)} cases, "
         f"{grouping}, before anything was planned."
     )

@@ -60,8 +60,10 @@ def _training_cases(info: DatasetInfo, cfg: Config, cfg_path: str) -> DatasetInf
     s = cfg.split
     labelled = [c for c in info.cases if c.label is not None]
     groups = {c.case_id: c.group for c in labelled if c.group}
+    given = [c.case_id for c in labelled if c.test] if s.dataset_test else []
+    ids = [c.case_id for c in labelled]
     try:
-        splits = load_or_make_splits(s.file, [c.case_id for c in labelled], s.test_fraction, s.folds, s.seed, groups)
+        splits = load_or_make_splits(s.file, ids, s.test_fraction, s.folds, s.seed, groups, given)
     except ValueError as err:
         raise ConfigError(f"{cfg_path}: split: {err}") from None
     keep = set(non_test_cases(splits))

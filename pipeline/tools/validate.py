@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_problems(problems))
         print(summary_line(problems), file=sys.stderr)
         return 1
-    print(f"OK: {len(info.cases)} cases in {args.root} validated, no problems")
+    n_test = sum(c.test for c in info.cases)
+    given = f" ({n_test} of them the dataset's own test cases)" if n_test else ""
+    print(f"OK: {len(info.cases)} cases{given} in {args.root} validated, no problems")
     return 0
 
 
