@@ -148,6 +148,36 @@ def test_validation_dice_is_the_evaluation_dice_with_its_empty_policy(both_empty
     assert (got[1] == 1.0) if both_empty == 1.0 else np.isnan(got[1])
 
 
+def test_validation_pools_a_groups_volumes() -> None:
+    """Two slices of one patient (one with the structure, one with a 1-voxel false positive) and a slice of no
+    group: the patient's Dice is the pooled one, the ungrouped slice is its own group."""
+    from monai.inferers import SimpleInferer
+
+    from pipeline.training.engine import validate
+
+    class _ByImage(torch.nn.Module):  # predicts the label map stored in the image channel
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return _logits(x[:, :1].long(), 2)
+
+    ref_a = np.zeros((1, 6, 6, 1), np.int64)
+    ref_a[0, :2, :2] = 1  # 4 voxels
+    pred_a = np.zeros_like(ref_a)
+    pred_a[0, :2, :1] = 1  # 2 of them
+    pred_b = np.zeros_like(ref_a)
+    pred_b[0, 5, 5] = 1  # a speck on a slice without the structure
+    vols = [
+        {"case_id": "a", "group": "p1", "image": pred_a.astype(np.float32), "label": ref_a},
+        {"case_id": "b", "group": "p1", "image": pred_b.astype(np.float32), "label": np.zeros_like(ref_a)},
+        {"case_id": "c", "image": ref_a.astype(np.float32), "label": ref_a},
+    ]
+    got = validate(_ByImage(), vols, SimpleInferer(), 2, torch.device("cpu"))
+    pooled = 2 * 2 / (3 + 4)  # p1: overlap 2, predicted 2 + 1, reference 4
+    assert got[0] == pytest.approx((pooled + 1.0) / 2)
+    # without groups, slice by slice: a 2/3, b 0 (a false positive on an empty slice), c 1
+    ungrouped = [{k: v for k, v in vol.items() if k != "group"} for vol in vols]
+    assert validate(_ByImage(), ungrouped, SimpleInferer(), 2, torch.device("cpu"))[0] == pytest.approx((2 / 3 + 1) / 3)
+
+
 def test_channels_last_by_default_in_3d_only() -> None:
     assert memory_format(None, 3) == torch.channels_last_3d
     assert memory_format(None, 2) == torch.contiguous_format

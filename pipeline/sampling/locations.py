@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,17 @@ def build_samples(
     mode: str,
     slice_axis: int,
     seed: int,
+    groups: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Write crop-centre locations for training/validation cases and the sample table."""
+    """Write crop-centre locations for training/validation cases and the sample table (with each case's
+    ``group``, when the split has groups: validation pools a group's cases)."""
     preprocessed_dir, out_dir = Path(preprocessed_dir), Path(out_dir)
     rng = np.random.default_rng(seed)
     rows = []
     for case_id, split in tqdm(sorted(assignment.items()), desc="sample", unit="case"):
         row: dict = {"case_id": case_id, "split": split}
+        if groups:
+            row["group"] = groups.get(case_id, "")
         if split != "test":
             label = np.load(preprocessed_dir / "labels" / f"{case_id}.npy")[0]
             locs = class_locations(label, num_classes, rng)
@@ -61,7 +66,8 @@ def build_samples(
 
 
 def read_samples(samples_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(samples_dir) / "samples.csv")
+    """The sample table; case ids and groups as text (an id ``001`` stays ``001``)."""
+    return pd.read_csv(Path(samples_dir) / "samples.csv", dtype={"case_id": str, "group": str})
 
 
 def load_locations(samples_dir: str | Path, case_id: str, num_classes: int) -> list[np.ndarray]:

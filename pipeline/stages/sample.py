@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     assignment = fold_assignment(splits, s.fold)
     settings = values(resolve(plan, cfg))  # the plan's (planned or overridden) choices
     mode = "2d" if settings["dims"] == 2 else "3d"
-    build_samples(pre, s.out_dir, assignment, plan.num_classes, mode, settings["slice_axis"], s.seed)
+    groups = splits.get("groups")
+    build_samples(pre, s.out_dir, assignment, plan.num_classes, mode, settings["slice_axis"], s.seed, groups)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -157,14 +158,12 @@ def train_epoch(
     return float(sums[0] / max(sums[1], 1))
 
 
-def dice_per_class(
-    pred: torch.Tensor, ref: torch.Tensor, num_classes: int, policy: EmptyPolicy = EmptyPolicy()
-) -> np.ndarray:
-    """Dice of each foreground class between two label maps, as evaluation scores it (:func:`dice_score`)."""
-    out = np.empty(num_classes - 1)
+def overlap_counts(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[overlap, predicted, reference]`` voxel counts of each foreground class, shape ``(num_classes - 1, 3)``."""
+    out = torch.zeros(num_classes - 1, 3, dtype=torch.float64)
     for k in range(1, num_classes):
         p, r = pred == k, ref == k
-        out[k - 1] = dice_score(int((p & r).sum()), int(p.sum()), int(r.sum()), policy)
+        out[k - 1] = torch.tensor([int((p & r).sum()), int(p.sum()), int(r.sum())], dtype=torch.float64)
     return out
 
 
@@ -179,21 +178,26 @@ def validate(
     world: int = 1,
     policy: EmptyPolicy = EmptyPolicy(),
 ) -> np.ndarray:
-    """Mean Dice per foreground class over whole validation volumes (in preprocessed space).
+    """Mean Dice per foreground class over the validation groups (in preprocessed space).
 
-    Empty masks are scored by ``policy`` (evaluation's ``evaluate.empty_policy``); a NaN score (policy None)
-    is left out of the mean. Under DDP each rank scores its share of the volumes and the sums are reduced.
+    A volume's ``group`` (a patient whose 2D slices are cases) pools its voxel counts with the group's other
+    volumes, as evaluation's per-group Dice (:func:`pipeline.evaluation.metrics.group_dice`); a volume without
+    one is its own group, so ungrouped data is scored volume by volume. Empty masks are scored by ``policy``
+    (evaluation's ``evaluate.empty_policy``); a NaN score (policy None) is left out of the mean. Under DDP each
+    rank counts its share of the volumes and the counts are reduced.
     """
     model.eval()
-    sums = torch.zeros(2, num_classes - 1, dtype=torch.float64)
-    for vol in volumes[rank::world]:
+    groups = [str(v.get("group") or f"case:{v.get('case_id', i)}") for i, v in enumerate(volumes)]
+    index = {g: i for i, g in enumerate(sorted(set(groups)))}
+    counts = torch.zeros(len(index), num_classes - 1, 3, dtype=torch.float64)
+    for vol, group in list(zip(volumes, groups, strict=True))[rank::world]:
         image = torch.as_tensor(np.asarray(vol["image"]))[None].to(device)
         probs = predict_probabilities(model, image, inferer)
         pred = torch.argmax(probs, dim=1)[0].cpu()
-        dice = dice_per_class(pred, torch.as_tensor(np.asarray(vol["label"]))[0], num_classes, policy)
-        valid = ~np.isnan(dice)
-        sums[0, valid] += torch.as_tensor(dice[valid])
-        sums[1, valid] += 1
+        counts[index[group]] += overlap_counts(pred, torch.as_tensor(np.asarray(vol["label"]))[0], num_classes)
     if dist.is_initialized():
-        dist.all_reduce(sums)
-    return (sums[0] / sums[1]).numpy()  # NaN where no volume had the class
+        dist.all_reduce(counts)
+    dice = np.array([[dice_score(int(t), int(p), int(r), policy) for t, p, r in g] for g in counts])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class no group scored: NaN
+        return np.nanmean(dice, axis=0)

@@ -164,6 +164,10 @@ def setup(cfg: Config) -> Session:
     k, budget = plan.num_classes, t_cfg.cache_gb * 2**30
     train_vols = load_volumes(pre_dir, samples_dir, train_ids, k, True, budget)
     val_vols = load_volumes(pre_dir, samples_dir, val_ids, k, False, max(0.0, budget - _nbytes(train_vols)))
+    if "group" in samples.columns:  # validation pools a group's (a patient's) cases
+        group_of = samples.set_index("case_id")["group"].fillna("").astype(str)
+        for vol in val_vols:
+            vol["group"] = group_of[vol["case_id"]]
 
     layout = memory_format(t_cfg.channels_last, st["dims"])
     in_channels = int(train_vols[0]["image"].shape[0])
