@@ -163,6 +163,36 @@ def test_three_empty_mask_situations_custom_policy(base: Path) -> None:
     assert summary["lesion"]["dice"]["mean"] == pytest.approx((1.0 + 0.25) / 2)
 
 
+@pytest.mark.parametrize("kept", [[1], []])
+def test_the_registered_model_is_the_model_as_evaluated(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: list[int]
+) -> None:
+    """A keep-largest choice made out of fold: evaluation logs the model folder again with its postprocessing.json
+    and registers that copy, so a prediction from the registry keeps what evaluation kept; none: the trained one."""
+    from pipeline.evaluation import evaluator
+    from pipeline.evaluation.tracking import run
+
+    calls: dict = {}
+    monkeypatch.setattr(evaluator, "log_model_folder", lambda *a, **k: calls.update(log=(a, k)))
+    monkeypatch.setattr(evaluator, "register_model", lambda *a: calls.update(register=a))
+    params = _params(base, f"registered{len(kept)}")
+    params["train"]["out_dir"] = str(tmp_path / "model")
+    post = tmp_path / "model" / "postprocessing.json"
+    post.parent.mkdir()
+    post.write_text(json.dumps({"keep_largest_component": kept, "folds": ["fold_0"]}))
+    cfg = from_dict(params)
+    with run(cfg.mlflow, run_name="train") as tracker:
+        run_id = tracker.run_id
+    evaluate(cfg, FakePredictor(run_id))
+    assert calls["register"][2] == run_id
+    if kept:
+        (args, kwargs) = calls["log"]
+        assert args[:3] == (run_id, tmp_path / "model", "model_postprocessed") and kwargs == {"postprocessing": post}
+        assert calls["register"][-1] == "model_postprocessed"
+    else:
+        assert "log" not in calls and calls["register"][-1] == "model"
+
+
 def test_report_and_dvc_plot_file(default_run: dict) -> None:
     text = (default_run["metrics"] / "report.html").read_text()
     for role, cid in (("best", "c0"), ("worst", "c2")):

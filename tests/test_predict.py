@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -149,6 +150,12 @@ def test_mlflow_loads_and_predicts_the_logged_model(model: Path, tmp_path: Path)
         assert np.array_equal(got, expected)
     with pytest.raises(mlflow.exceptions.MlflowException, match="Expected list"):
         loaded.predict(str(scans[0]))  # the input schema: a list of scan paths
+    # logged with the keep-largest choice made out of fold (what evaluation registers): applied when loaded
+    post = tmp_path / "postprocessing.json"
+    post.write_text(json.dumps({"keep_largest_component": [1], "folds": ["fold_0"]}))
+    uri_post = log_model_folder(run_id, model, "model_postprocessed", uri, postprocessing=post)
+    assert mlflow.pyfunc.load_model(uri_post).unwrap_python_model().predictor.keep_largest == [1]
+    assert loaded.unwrap_python_model().predictor.keep_largest == []
 
 
 def test_predict_refuses_to_overwrite_its_inputs(model: Path, tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ from pipeline.evaluation.plots import Overlay
 from pipeline.evaluation.report import case_ranking, pick_cases, write_report
 from pipeline.evaluation.tracking import public_config, register_model, run
 from pipeline.inference.masks import save_mask
-from pipeline.inference.model_folder import sha256
+from pipeline.inference.mlflow_model import POSTPROCESSED, log_model_folder
+from pipeline.inference.model_folder import POSTPROCESSING, sha256
 from pipeline.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
         training=predictor.meta.get("training"),
         extra_sections=lambda: results_sections(cfg, [f for _, f in folders]),
     )
-    _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags)
+    _log_to_mlflow(cfg, predictor.meta, per_case, summary, metrics_dir, tags, folders[0][1])
     logger.info("mean Dice %.4f over %d test cases", summary["mean_dice"], len(cases))
     if per_group is not None and per_group["mean_dice"] is not None:
         logger.info("mean Dice %.4f over %d groups (pooled per group)", per_group["mean_dice"], per_group["n_groups"])
@@ -299,8 +300,17 @@ def summary_metrics(summary: dict) -> dict[str, float]:
 
 
 def _log_to_mlflow(
-    cfg: Config, meta: dict, per_case: pd.DataFrame, summary: dict, metrics_dir: Path, lineage: dict[str, str]
+    cfg: Config,
+    meta: dict,
+    per_case: pd.DataFrame,
+    summary: dict,
+    metrics_dir: Path,
+    lineage: dict[str, str],
+    model_folder: Path,
 ) -> None:
+    """Log the evaluation to the training run of the model (``model_folder``) and register it, as evaluated:
+    with a keep-largest-component choice made out of fold, the folder is logged again with its
+    ``postprocessing.json`` (as ``model_postprocessed``) and that copy is registered."""
     run_id = meta.get("mlflow", {}).get("run_id")
     with run(cfg.mlflow, run_id=run_id, run_name="evaluate") as tracker:
         tracker.log_metrics(summary_metrics(summary))
@@ -321,4 +331,9 @@ def _log_to_mlflow(
         elif cfg.mlflow.registered_model and tracker.run_id == run_id:  # the run that logged the model
             tags = {k: v for k, v in summary_metrics(summary).items() if k.count(".") <= 1 or k.endswith(".mean")}
             tags |= {"test.n_cases": summary.get("n_cases"), "weights_sha256": meta.get("weights_sha256", "")}
-            register_model(tracker.connection_uri, cfg.mlflow.registered_model, run_id, tags)
+            artifact = "model"
+            if chosen_postprocessing(cfg):  # prediction from the registry then keeps the components evaluation kept
+                post = Path(cfg.train.out_dir) / POSTPROCESSING
+                log_model_folder(run_id, model_folder, POSTPROCESSED, tracker.connection_uri, postprocessing=post)
+                artifact = POSTPROCESSED
+            register_model(tracker.connection_uri, cfg.mlflow.registered_model, run_id, tags, artifact)

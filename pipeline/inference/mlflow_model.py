@@ -26,11 +26,13 @@ import mlflow
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.pyfunc import PythonModel
 
-from pipeline.inference.model_folder import META, WEIGHTS, load_model_folder
+from pipeline.inference.model_folder import META, POSTPROCESSING, WEIGHTS, load_model_folder
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT = "model_folder"
+#: the model logged again by evaluation with the keep-largest-component choice made out of fold (what it registers)
+POSTPROCESSED = "model_postprocessed"
 # "models from code": MLflow stores and runs this instead of a cloudpickle of the Python object
 MODEL_CODE = """import mlflow
 
@@ -85,10 +87,17 @@ def _requirements() -> list[str]:
     return out
 
 
-def log_model_folder(run_id: str, folder: str | Path, name: str = "model", tracking_uri: str | None = None) -> str:
+def log_model_folder(
+    run_id: str,
+    folder: str | Path,
+    name: str = "model",
+    tracking_uri: str | None = None,
+    postprocessing: Path | None = None,
+) -> str:
     """Log ``folder`` as a pyfunc model to the existing run ``run_id``; returns the model URI.
 
-    The folder is checked first (it must load). The run's status is left as it was.
+    The folder is checked first (it must load). ``postprocessing``: a ``postprocessing.json`` logged inside the
+    model folder, so the logged model applies it as ``predict --model`` does. The run's status is left as it was.
     """
     folder = Path(folder)
     load_model_folder(folder, "cpu")  # refuse a folder whose files do not match before logging it
@@ -102,6 +111,8 @@ def log_model_folder(run_id: str, folder: str | Path, name: str = "model", track
         clean.mkdir()
         for f in (WEIGHTS, META):  # only the model files, not whatever else lies in the folder
             shutil.copy2(folder / f, clean / f)
+        if postprocessing is not None:
+            shutil.copy2(postprocessing, clean / POSTPROCESSING)
         code = Path(tmp) / "segmentation_model.py"
         code.write_text(MODEL_CODE)
         kwargs = {
