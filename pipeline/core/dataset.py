@@ -98,8 +98,9 @@ def _test_cases(root: Path, test: object, source: Path, problems: list[Problem])
     whose file name is also in ``labelsTs/``. Unlabelled entries (the MSD's own test lists) are left for predict."""
     cases = []
     for i, entry in enumerate(test if isinstance(test, list) else []):
-        if isinstance(entry, str) and entry.strip() and (root / "labelsTs" / Path(entry.strip()).name).is_file():
-            entry = {"image": entry, "label": f"labelsTs/{Path(entry.strip()).name}"}
+        name = Path(entry.strip()).name if isinstance(entry, str) else ""
+        if name and (root / "labelsTs" / name).is_file():
+            entry = {"image": entry, "label": f"labelsTs/{name}"}
         if isinstance(entry, dict) and entry.get("label") is not None:
             case = _listed_case(root, f"test[{i}]", entry, source, problems)
             cases += [dataclasses.replace(case, test=True)] if case is not None else []

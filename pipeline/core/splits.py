@@ -38,7 +38,8 @@ def _case_hash(case_ids: Sequence[str], groups: Mapping[str, str] | None = None,
     if groups:
         lines = [f"{c}\t{groups.get(c, c)}" for c in lines]
     if given:
-        lines = [f"{line}\ttest" if c in set(given) else line for c, line in zip(sorted(case_ids), lines, strict=True)]
+        test = set(given)
+        lines = [f"{line}\ttest" if c in test else line for c, line in zip(sorted(case_ids), lines, strict=True)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
