@@ -319,8 +319,30 @@ def test_patient_subfolders_of_slices_and_masks_are_grouped_by_patient(tmp_path:
         (tmp_path / patient).rename(nested / "kaggle_3m" / patient)
     assert {c.group for c in read_dataset(nested, "auto").cases} == {"TCGA_A", "TCGA_B"}
     (nested / "kaggle_3m" / "TCGA_C").mkdir()
-    _png(nested / "kaggle_3m" / "TCGA_C" / "TCGA_A_1.png", rgb)  # one case id in two patient folders: said
+    _png(nested / "kaggle_3m" / "TCGA_C" / "TCGA_A_1.png", rgb + 1)  # one case id in two patient folders: said
     assert any("duplicate case id 'TCGA_A_1'" in p.problem for p in read_dataset(nested, "auto").problems)
+
+
+def test_a_copy_of_the_dataset_inside_its_archive_is_read_once(tmp_path: Path, caplog) -> None:
+    """kaggle_3m as downloaded: ``kaggle_3m/<patient>/`` and the same tree again in ``lgg-mri-segmentation/``."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for top in (tmp_path / "kaggle_3m", tmp_path / "lgg-mri-segmentation" / "kaggle_3m"):
+        for patient in ("TCGA_A", "TCGA_B"):
+            for n in (1, 2):
+                _png(top / patient / f"{patient}_{n}.png", rgb + n)
+                _png(top / patient / f"{patient}_{n}_mask.png", mask)
+    with caplog.at_level("WARNING"):
+        info = read_dataset(tmp_path, "auto")
+    assert not info.problems and "8 file(s) are byte-identical copies" in caplog.text
+    assert {(c.case_id, c.group) for c in info.cases} == {
+        ("TCGA_A_1", "TCGA_A"),
+        ("TCGA_A_2", "TCGA_A"),
+        ("TCGA_B_1", "TCGA_B"),
+        ("TCGA_B_2", "TCGA_B"),
+    }  # the patients are still the groups, not the two copies
+    assert all("lgg" not in str(c.images[0]) and "lgg" not in str(c.label) for c in info.cases)
+    _png(tmp_path / "lgg-mri-segmentation" / "kaggle_3m" / "TCGA_B" / "TCGA_B_2.png", rgb)  # differs: not a copy
+    assert [p.case_id for p in read_dataset(tmp_path, "auto").problems] == ["TCGA_B_2"]
 
 
 def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_path: Path) -> None:

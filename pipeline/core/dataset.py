@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import filecmp
 import logging
 import os
 import re
@@ -199,14 +200,45 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files of ``folder`` (and, ``recursive``, of its non-hidden sub-folders at any depth), sorted."""
+    """Image files of ``folder`` (and, ``recursive``, of its non-hidden sub-folders at any depth), sorted;
+    a byte-identical copy of an earlier file of the same name is left out (see :func:`without_copies`)."""
     found = []
     for p in sorted(folder.iterdir()):
         if is_image_file(p):
             found.append(p)
         elif recursive and p.is_dir() and not p.name.startswith("."):
-            found.extend(image_files(p, True))
-    return found
+            found.extend(_all_image_files(p))
+    return without_copies(found) if recursive else found
+
+
+def _all_image_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if is_image_file(p)] + [
+        f for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") for f in _all_image_files(p)
+    ]
+
+
+def without_copies(files: list[Path]) -> list[Path]:
+    """``files`` without byte-identical copies of an earlier file of the same name, logged once.
+
+    An archive can hold a copy of its own folder: kaggle_3m as downloaded unpacks to ``kaggle_3m/`` and
+    ``lgg-mri-segmentation/kaggle_3m/``. Read once, its cases are neither duplicate ids nor counted twice.
+    Files of one name that differ stay, and are duplicate case ids.
+    """
+    first: dict[str, Path] = {}
+    kept, copies = [], []
+    for p in files:
+        q = first.setdefault(p.name, p)
+        if q is not p and q.stat().st_size == p.stat().st_size and filecmp.cmp(q, p, shallow=False):
+            copies.append((p, q))
+        else:
+            kept.append(p)
+    if copies:
+        logger.warning(
+            "%d file(s) are byte-identical copies of files of the same name, read once (e.g. %s = %s)",
+            len(copies),
+            *copies[0],
+        )
+    return kept
 
 
 def untag(name: str, tags: tuple[str, ...]) -> str | None:
