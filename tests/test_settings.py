@@ -114,6 +114,10 @@ def test_same_params_give_the_same_epoch_count_without_any_clock(monkeypatch: py
     assert first["epochs"]["source"] == "planned" and 10 <= first["epochs"]["value"] <= 1000
     longer = plan_settings(summary, [1.0, 1.0, 1.0], from_dict({"train": {"target_minutes": 40}}))
     assert longer["epochs"]["value"] == pytest.approx(2 * first["epochs"]["value"], abs=1)
+    # more output classes cost more per step (the summary's n_classes; a plan written without it: 2)
+    many = plan_settings({**summary, "n_classes": 14}, [1.0, 1.0, 1.0], cfg)
+    assert many["epochs"]["value"] < first["epochs"]["value"]
+    assert plan_settings({**summary, "n_classes": 2}, [1.0, 1.0, 1.0], cfg) == first
 
 
 def test_structure_thickness_measures_a_ribbon_by_its_width() -> None:

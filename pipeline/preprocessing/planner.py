@@ -163,7 +163,7 @@ def make_plan(
     normalization = schemes.pop() if len(schemes) == 1 else "mixed"
 
     def summary_at(target: Sequence[float]) -> dict:
-        return _fingerprint_summary(fingerprints, planned, target, slow, single, stats, cfg)
+        return _fingerprint_summary(fingerprints, planned, target, slow, single, stats, cfg, len(info.labels))
 
     spacing, coarser = coarsen_for_steps(summary_at, spacing, study)
     summary = summary_at(spacing)
@@ -226,14 +226,17 @@ def _fingerprint_summary(
     single: int | None,
     stats: list[dict[str, float]],
     cfg: PreprocessConfig,
+    n_classes: int,
 ) -> dict:
-    """The dataset in numbers, as the plan records it (``Plan.fingerprint``) and the settings read it."""
+    """The dataset in numbers, as the plan records it (``Plan.fingerprint``) and the settings read it;
+    ``n_classes``: the classes a network outputs, background included."""
     ras_spacing = _ras_spacings(fingerprints)
     median = median_preprocessed_shape(fingerprints, spacing, cfg.crop_foreground)
     prefix = "crop_shape" if cfg.crop_foreground else "ras_shape"
     voxels = np.prod([fingerprints[f"{prefix}_{i}"] * ras_spacing[:, i] / spacing[i] for i in range(3)], axis=0)
     return {
         "n_cases": int(len(fingerprints)),
+        "n_classes": int(n_classes),
         "median_spacing": [float(v) for v in np.median(ras_spacing, axis=0)],
         "min_spacing": [float(v) for v in ras_spacing.min(axis=0)],
         "max_spacing": [float(v) for v in ras_spacing.max(axis=0)],

@@ -77,9 +77,13 @@ def plan_dims(
     if slow_axis is not None:
         finest = min(s for a, s in enumerate(median_spacing) if a != slow_axis)
         ratio = median_spacing[slow_axis] / finest
-        return 2, slow_axis, (
-            f"anisotropic: axis {slow_axis} spacing {median_spacing[slow_axis]:.3g} mm is {ratio:.1f}x the finest "
-            f"{finest:.3g} mm (> {threshold:g}); 2D slices across the thick axis"
+        return (
+            2,
+            slow_axis,
+            (
+                f"anisotropic: axis {slow_axis} spacing {median_spacing[slow_axis]:.3g} mm is {ratio:.1f}x the finest "
+                f"{finest:.3g} mm (> {threshold:g}); 2D slices across the thick axis"
+            ),
         )
     ratio = max(median_spacing) / min(median_spacing)
     return 3, 2, f"near-isotropic (spacing ratio {ratio:.1f} <= {threshold:g}): 3D patches"
@@ -245,7 +249,8 @@ def _schedule(summary: Mapping[str, Any], net: Mapping[str, dict], cfg: Config) 
     network["depth"] = len(network["strides"])
     network["full_resolution_width"] = net["full_resolution_width"]["value"]
     patch = net["patch_size"]["value"]
-    step = topo.seconds_per_epoch(network, patch, batch, 1, t.model.base_width)
+    classes = int(summary.get("n_classes", 2))  # a plan written before the count: as it was planned then
+    step = topo.seconds_per_epoch(network, patch, batch, 1, t.model.base_width, classes)
     validation = _validation_seconds(summary, net, network, cfg) / max(1, t.val_every)
     iters = min(MAX_ITERS, max(MIN_ITERS, math.ceil(n / batch)))
     why = f"one pass over {n} cases ({MIN_ITERS}-{MAX_ITERS})"

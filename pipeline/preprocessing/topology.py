@@ -19,8 +19,8 @@ networks whose strides and kernels are set per level and axis:
   of ``base_width // 2``
   feature maps at full resolution (``topology["full_resolution_width"]``, counted in memory and cost).
 * **cost** (:func:`seconds_per_epoch`): a fixed, clock-free cost model (multiply-adds of the
-  convolutions plus a per-iteration overhead), so the epoch count planned for a time target is the same
-  on every machine.
+  convolutions, a per-iteration overhead and a per-voxel cost of each output class), so the epoch
+  count planned for a time target is the same on every machine.
 """
 
 from __future__ import annotations
@@ -48,6 +48,13 @@ MULTIPLY_ADDS_PER_SECOND = {2: 1.35e10, 3: 3.0e10}  # 3D in channels-last (the d
 # multiply-add than the deeper levels' convolutions
 FULL_RESOLUTION_CONVS = 14
 SECONDS_PER_ITERATION = 0.035
+# Output classes: softmax, Dice + cross-entropy and the last convolutions at full resolution cost per voxel and
+# class, beyond what the multiply-add rate holds for the calibration networks' classes (3D: 3, the hippocampus; 2D:
+# up to 4, the chest X-rays). Timed alone, 2026-11-26 (/work/meas/s7/step_parts.py): 3D 96^3 x2 1.02 s a step
+# with 5 classes against 0.71 s with 2 (5.8e-8 s per voxel and class), 64^3 x2 4.9e-8, 40x56x40 x4 3e-8;
+# 2D 448x416 x2 and 256^2 x2 with 9 classes against 2: 2e-8 and 4e-8.
+CALIBRATION_CLASSES = {2: 4, 3: 3}
+SECONDS_PER_VOXEL_CLASS = {2: 3e-8, 3: 5.5e-8}
 SECONDS_PER_WINDOW = 0.01  # per validated volume or slice: reading, padding, blending
 
 
@@ -113,10 +120,17 @@ def multiply_adds_per_voxel(topology: dict, base_width: int, max_width: int = MA
     return extra + sum(math.prod(k) * c * c * frac for k, c, frac in zip(topology["kernel_sizes"], w, f, strict=True))
 
 
-def seconds_per_epoch(topology: dict, patch: Sequence[int], batch: int, iterations: int, base_width: int) -> float:
-    """Estimated seconds of one training epoch on the reference machine (2 CPU cores); clock-free."""
-    work = batch * math.prod(patch) * multiply_adds_per_voxel(topology, base_width)
-    return iterations * (SECONDS_PER_ITERATION + work / MULTIPLY_ADDS_PER_SECOND[len(patch)])
+def seconds_per_epoch(
+    topology: dict, patch: Sequence[int], batch: int, iterations: int, base_width: int, classes: int = 2
+) -> float:
+    """Estimated seconds of one training epoch on the reference machine (2 CPU cores); clock-free.
+
+    ``classes``: output classes, background included (beyond ``CALIBRATION_CLASSES`` each adds a cost per voxel).
+    """
+    dims, voxels = len(patch), batch * math.prod(patch)
+    work = voxels * multiply_adds_per_voxel(topology, base_width)
+    outputs = voxels * max(0, classes - CALIBRATION_CLASSES[dims]) * SECONDS_PER_VOXEL_CLASS[dims]
+    return iterations * (SECONDS_PER_ITERATION + work / MULTIPLY_ADDS_PER_SECOND[dims] + outputs)
 
 
 def validation_seconds(
