@@ -202,19 +202,18 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> Datas
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files of ``folder`` (and, ``recursive``, of its non-hidden sub-folders at any depth), sorted;
     a byte-identical copy of an earlier file of the same name is left out (see :func:`without_copies`)."""
+    found = _image_files(folder, recursive)
+    return without_copies(found) if recursive else found
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
     found = []
     for p in sorted(folder.iterdir()):
         if is_image_file(p):
             found.append(p)
         elif recursive and p.is_dir() and not p.name.startswith("."):
-            found.extend(_all_image_files(p))
-    return without_copies(found) if recursive else found
-
-
-def _all_image_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.iterdir()) if is_image_file(p)] + [
-        f for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") for f in _all_image_files(p)
-    ]
+            found.extend(_image_files(p, True))
+    return found
 
 
 def without_copies(files: list[Path]) -> list[Path]:
