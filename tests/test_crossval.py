@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,6 +96,22 @@ def test_out_of_fold_table_covers_every_non_test_case_once_with_its_fold(study: 
     assert post == summary["postprocessing"]
     # per-fold tables as the crossval@k stages write them; pooling reads them instead of predicting again
     assert (study["root"] / "metrics" / "oof" / "fold_1" / "per_case.csv").is_file()
+
+
+def test_pool_stage_with_only_fold_all_writes_its_outputs_and_chooses_nothing(study: dict) -> None:
+    """``cv.folds: [all]`` (every non-test case trains, no validation): the pool stage's outputs say so."""
+    cfg = dataclasses.replace(study["cfg"], cv=dataclasses.replace(study["cfg"].cv, folds=("all",)))
+    (study["root"] / "models" / "fold_all").mkdir()
+    per_case, summary = crossval.out_of_fold(cfg)
+    assert per_case.empty and summary["n_cases"] == 0 and summary["n_non_test_cases"] == 3
+    assert "fold 'all'" in summary["note"] and not summary["complete"]
+    post = json.loads((study["root"] / "models" / "postprocessing.json").read_text())
+    assert post["keep_largest_component"] == [] and post["folds"] == ["fold_all"]
+    assert pd.read_csv(study["root"] / "metrics" / "cv" / "per_case.csv").empty
+    assert ensemble.read_cv_summary(study["root"] / "metrics") is None  # no cross-validation table to report
+    result = evaluator.evaluate(cfg)
+    assert result["mean_dice"] > 0.5
+    assert "Cross-validation (out-of-fold)" not in (study["root"] / "metrics" / "report.html").read_text()
 
 
 def test_test_set_reports_the_ensemble_beside_fold_0(study: dict) -> None:

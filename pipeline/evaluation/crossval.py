@@ -64,8 +64,9 @@ def fold_tables(cfg: Config, fold: int | str, folder: Path) -> tuple[pd.DataFram
     return pd.DataFrame(raw), pd.DataFrame(largest)
 
 
-def _pooled_tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Out-of-fold rows of every fold of ``cv.folds`` (as its ``crossval@k`` stage wrote them)."""
+def _pooled_tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Out-of-fold rows of every fold of ``cv.folds`` (as its ``crossval@k`` stage wrote them); None when no
+    fold has validation cases (``cv.folds: [all]``)."""
     raw, largest = [], []
     for fold, folder in fold_model_dirs(cfg):
         if fold == "all":
@@ -79,7 +80,7 @@ def _pooled_tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         raw.append(tables[0])
         largest.append(tables[1])
     if not raw:
-        raise SystemExit("pool: no fold with validation cases in cv.folds")
+        return None
     return pd.concat(raw, ignore_index=True), pd.concat(largest, ignore_index=True)
 
 
@@ -136,8 +137,11 @@ def out_of_fold(cfg: Config) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Pool the folds' out-of-fold tables; write and return the pooled table and its summary, and write the
     keep-largest-component choice into ``<train.out_dir>/postprocessing.json`` (read by prediction)."""
     e = cfg.evaluate
-    per_case, largest = _pooled_tables(cfg)
+    pooled = _pooled_tables(cfg)
     splits = read_splits(cfg.split.file)
+    if pooled is None:
+        return _nothing_out_of_fold(cfg, sum(len(f) for f in splits["folds"]))
+    per_case, largest = pooled
     summary = summarize(per_case, n_bootstrap=e.n_bootstrap, seed=e.seed, policy=empty_policy(e))
     means = summarize(case_means(per_case), metrics=("dice",), n_bootstrap=e.n_bootstrap, seed=e.seed)
     folds, spread = _fold_spread(per_case)
@@ -167,4 +171,24 @@ def out_of_fold(cfg: Config) -> tuple[pd.DataFrame, dict[str, Any]]:
         len(splits["folds"]),
         postprocessing["keep_largest_component"] or "none",
     )
+    return per_case, summary
+
+
+def _nothing_out_of_fold(cfg: Config, n_non_test: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The pool stage's outputs when no fold of ``cv.folds`` has validation cases (fold ``all`` trained on every
+    non-test case): an empty table, a summary saying so, and no post-processing (nothing to choose it on)."""
+    why = "no fold of cv.folds has validation cases (fold 'all' trains on every non-test case)"
+    postprocessing = {
+        "keep_largest_component": [],
+        "rule": f"none chosen: {why}",
+        "classes": {},
+        "folds": [fold_name(k) for k in cfg.cv.folds],
+    }
+    summary = {"n_cases": 0, "n_non_test_cases": n_non_test, "complete": False, "folds": {}, "note": why}
+    summary["postprocessing"] = postprocessing
+    per_case = pd.DataFrame(columns=["case_id", "class_name", "dice", "fold"])
+    io.write_csv(Path(cfg.evaluate.metrics_dir) / CV_DIR / "per_case.csv", per_case)
+    io.write_json(Path(cfg.evaluate.metrics_dir) / CV_DIR / "summary.json", summary)
+    io.write_json(Path(cfg.train.out_dir) / POSTPROCESSING, postprocessing)
+    logger.info("no out-of-fold cases: %s; no post-processing chosen", why)
     return per_case, summary

@@ -54,9 +54,10 @@ def chosen_postprocessing(cfg: Config) -> list[int] | None:
 
 
 def read_cv_summary(metrics_dir: str | Path) -> dict | None:
-    """``<metrics_dir>/cv/summary.json`` if the pool stage wrote one."""
+    """``<metrics_dir>/cv/summary.json`` if the pool stage wrote one with out-of-fold cases (fold ``all`` has none)."""
     path = Path(metrics_dir) / CV_DIR / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    summary = json.loads(path.read_text()) if path.is_file() else None
+    return summary if summary and summary.get("n_cases") else None
 
 
 def case_means(per_case: pd.DataFrame) -> pd.DataFrame:
