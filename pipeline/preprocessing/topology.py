@@ -50,9 +50,9 @@ FULL_RESOLUTION_CONVS = 14
 SECONDS_PER_ITERATION = 0.035
 # Output classes: softmax, Dice + cross-entropy and the last convolutions at full resolution cost per voxel and
 # class, beyond what the multiply-add rate holds for the calibration networks' classes (3D: 3, the hippocampus; 2D:
-# up to 4, the chest X-rays). Timed alone, 2026-11-26 (/work/meas/s7/step_parts.py): 3D 96^3 x2 1.02 s a step
-# with 5 classes against 0.71 s with 2 (5.8e-8 s per voxel and class), 64^3 x2 4.9e-8, 40x56x40 x4 3e-8;
-# 2D 448x416 x2 and 256^2 x2 with 9 classes against 2: 2e-8 and 4e-8.
+# up to 4, the chest X-rays). Timed alone, 2026-11-26 (benchmarks/bench_cost_model.py and its README): 3D 96^3 x2
+# 1.02 s a step with 5 classes against 0.71 s with 2 (5.8e-8 s per voxel and class), 64^3 x2 4.9e-8, 40x56x40 x4
+# 3e-8; 2D 448x416 x2 and 256^2 x2 with 9 classes against 2: 2e-8 and 4e-8.
 CALIBRATION_CLASSES = {2: 4, 3: 3}
 SECONDS_PER_VOXEL_CLASS = {2: 3e-8, 3: 5.5e-8}
 SECONDS_PER_WINDOW = 0.01  # per validated volume or slice: reading, padding, blending
