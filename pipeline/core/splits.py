@@ -34,12 +34,10 @@ SPLITS_VERSION = 1
 def _case_hash(case_ids: Sequence[str], groups: Mapping[str, str] | None = None, given: Sequence[str] = ()) -> str:
     """Hash of the case ids (and, when any case has a group, of the grouping; when the dataset names its own test
     cases, of which they are)."""
-    lines = sorted(case_ids)
-    if groups:
-        lines = [f"{c}\t{groups.get(c, c)}" for c in lines]
-    if given:
-        test = set(given)
-        lines = [f"{line}\ttest" if c in test else line for c, line in zip(sorted(case_ids), lines, strict=True)]
+    test = set(given)
+    lines = [
+        c + (f"\t{groups.get(c, c)}" if groups else "") + ("\ttest" if c in test else "") for c in sorted(case_ids)
+    ]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
