@@ -176,3 +176,21 @@ def test_png_masks_of_2d_pictures_are_scored_in_2d_pixels(tmp_path: Path) -> Non
     assert row.dice == pytest.approx(2 * (r & p).sum() / (r.sum() + p.sum()), abs=1e-12)
     assert row.hd95_mm == pytest.approx(hd95, abs=1e-9)
     assert json.loads((out / "summary.json").read_text())["physical_spacing"] is False
+
+
+def test_jpeg_reference_masks_are_scored_as_label_values(tmp_path: Path) -> None:
+    """Reference masks shipped as JPEG (0/255 with compression noise at the edges) are scored as 0/255 masks:
+    a prediction equal to the mask they encode scores Dice ~1 with the one foreground class, not ~30 classes."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :80]
+    mask = (((yy - 30) ** 2 + (xx - 40) ** 2) < 20**2).astype(np.uint8) * 255
+    for folder in ("ref", "pred"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(mask).save(tmp_path / "ref" / "p1.jpg", quality=75)
+    Image.fromarray(mask).save(tmp_path / "pred" / "p1.png")
+    out = tmp_path / "score"
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "per_case.csv")
+    assert table.class_index.tolist() == [255]
+    assert table.dice.iloc[0] > 0.995

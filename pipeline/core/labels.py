@@ -9,6 +9,12 @@ are the values (0..K-1), nothing to map. Both use MONAI's ``MapLabelValue``.
 :func:`declared_labels` turns a ``{value: name}`` declaration into class names and values;
 :func:`values_found` reads the label files of a dataset that declares nothing (a paired folder without
 ``dataset.json``), so that its labels are inferred from the masks.
+
+Lossy masks (JPEG, as some 2D photograph sets ship them: Kvasir-SEG's polyps) hold compression noise around
+their label values at every edge. Every label file is read through :func:`read_label` (or brought back with
+:func:`restore_lossy` after reading), which turns such a mask into label values: a colour mask to grey, then
+each pixel to the nearest of the dataset's stored label values, or, when nothing is declared, to 0 or 255
+(a binary mask: 0 below 128, 255 from 128 up). Lossless masks are returned as stored.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.core.readers import Header
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +36,10 @@ logger = logging.getLogger(__name__)
 INFERRED = "(values found in the label files)"
 #: more distinct values than this in the masks of an undeclared dataset is not a label map
 MAX_INFERRED_VALUES = 32
+#: lossy picture formats: a mask stored so holds values around its label values (compression noise at edges)
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+#: the values an undeclared lossy mask is read with: binary, the foreground 255 (JPEG stores 8 bits)
+LOSSY_BINARY = (0, 255)
 
 
 def is_identity(values: Sequence[float]) -> bool:
@@ -39,6 +52,57 @@ def declared_labels(declared: Mapping[int, str]) -> tuple[dict[int, str], tuple[
     values = tuple(sorted(int(v) for v in declared))
     classes = {k: str(declared[v]) for k, v in enumerate(values)}
     return classes, (() if is_identity(values) else values)
+
+
+def is_lossy(path: str | Path) -> bool:
+    """True for a file in a lossy format (JPEG), whose mask values are only near the label values."""
+    return str(path).lower().endswith(LOSSY_SUFFIXES)
+
+
+def nearest_values(data: np.ndarray, values: Sequence[float]) -> np.ndarray:
+    """Each element of ``data`` replaced by the nearest of ``values`` (a tie goes to the lower value)."""
+    levels = np.unique(np.asarray(values, dtype=np.float64))
+    index = np.searchsorted((levels[1:] + levels[:-1]) / 2, np.asarray(data, dtype=np.float64), side="left")
+    return levels[index]
+
+
+def restore_lossy(
+    data: np.ndarray, header: Header, path: str | Path, values: Sequence[float] | None = None
+) -> tuple[np.ndarray, Header]:
+    """A label file's array as read, brought back to label values when its format is lossy (JPEG).
+
+    A colour mask ``(x, y, 1, c)`` becomes grey (luma), then every pixel takes the nearest of ``values``
+    (the dataset's stored label values; None or empty: :data:`LOSSY_BINARY`). A lossless file is returned as is.
+    """
+    if not is_lossy(path):
+        return data, header
+    from dataclasses import replace as replace_header
+
+    from pipeline.core.image2d import LUMA
+
+    pixels = np.asarray(data, dtype=np.float64)
+    if pixels.ndim == 4 and pixels.shape[-1] == len(LUMA):
+        pixels = pixels @ np.asarray(LUMA)
+    elif pixels.ndim == 4:
+        pixels = pixels.mean(axis=-1)
+    levels = [float(v) for v in values] if values else list(LOSSY_BINARY)
+    snapped = nearest_values(pixels, levels)
+    dtype = np.uint8 if min(levels) >= 0 and max(levels) <= 255 else np.int32
+    out = snapped.astype(dtype)
+    return out, replace_header(header, shape=out.shape, dtype=str(out.dtype))
+
+
+def read_label(path: str | Path, values: Sequence[float] | None = None) -> tuple[np.ndarray, Header]:
+    """A label file as :func:`~pipeline.core.readers.read_array` reads it; a lossy (JPEG) mask brought back to
+    ``values`` (the dataset's stored label values; None: binary 0/255) by :func:`restore_lossy`."""
+    from pipeline.core.readers import read_array
+
+    return restore_lossy(*read_array(path), path, values)
+
+
+def stored_values(n_classes: int, values: Sequence[float] = ()) -> tuple[float, ...]:
+    """The value each class is stored with: ``values`` when the dataset declares them, else 0..K-1."""
+    return tuple(values) or tuple(range(n_classes))
 
 
 def _mapper(source: Sequence[float], target: Sequence[float], dtype: object):  # noqa: ANN202 - MONAI transform
@@ -80,12 +144,12 @@ def values_found(label_files: Iterable[str | Path]) -> tuple[list[int], list[tup
 
     Unreadable files and non-integer values are skipped here (validation reports them per case).
     """
-    from pipeline.core.readers import ReadError, read_array
+    from pipeline.core.readers import ReadError
 
     found: set[int] = set()
     for path in label_files:
         try:
-            data, _ = read_array(path)
+            data, _ = read_label(path)  # a lossy mask: binary, 0/255
         except (ReadError, MemoryError):
             continue
         values = np.unique(data)
@@ -93,7 +157,7 @@ def values_found(label_files: Iterable[str | Path]) -> tuple[list[int], list[tup
             continue
         found.update(int(v) for v in values)
         if len(found) > MAX_INFERRED_VALUES:
-            problem = f"more than {MAX_INFERRED_VALUES} distinct label values: not a label map (a lossy JPEG mask?)"
+            problem = f"more than {MAX_INFERRED_VALUES} distinct label values: not a label map (an image as a mask?)"
             return sorted(found), [(str(path), problem)]
     return sorted(found), []
 
@@ -104,6 +168,15 @@ def resolve_labels(info: Any) -> tuple[Any, list[tuple[str, str]]]:
     Without a ``dataset.json`` (``labels_source`` empty) every label file is read and the values found
     become the classes (:func:`inferred_labels`); returns the new info and ``(file, problem)`` pairs.
     """
+    lossy = [c.label for c in info.cases if c.label is not None and is_lossy(c.label)]
+    if lossy:
+        how = "of dataset.json" if info.labels_source else "(none declared: 0 below 128, 255 from 128 up)"
+        logger.warning(
+            "%d mask(s) stored as JPEG, which is lossy (e.g. %s): each pixel is read as the nearest label value %s",
+            len(lossy),
+            lossy[0],
+            how,
+        )
     if info.labels_source or not info.cases:
         return info, []
     found, problems = values_found(c.label for c in info.cases if c.label is not None)

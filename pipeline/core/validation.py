@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.cases import DATASET_ROW, Case, DatasetInfo, Problem, printable
+from pipeline.core.labels import restore_lossy
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import Header, ReadError, read_array
 
@@ -187,7 +188,7 @@ def check_case(
         read = _read(case.label, case.case_id, problems)
         if read is None:
             return problems
-        data, header = read
+        data, header = restore_lossy(*read, case.label, list(labels))  # a JPEG mask: to the declared values
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim != 3:

@@ -26,7 +26,7 @@ from pipeline.config import Config, EvaluateConfig, fold_name, to_dict
 from pipeline.core import io
 from pipeline.core.cases import Case
 from pipeline.core.dataset import read_dataset
-from pipeline.core.labels import to_classes
+from pipeline.core.labels import read_label, stored_values, to_classes
 from pipeline.core.readers import read_array
 from pipeline.core.splits import read_splits
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
@@ -84,7 +84,7 @@ def score_case(
 ) -> tuple[list[dict], bool]:
     """One row per class of one predicted case (:func:`case_metrics`) after its provenance and ``extra`` columns
     (group, fold, predict_seconds, ...); and whether the case is a 2D picture without physical spacing."""
-    ref_data, ref_header = read_array(case.label)
+    ref_data, ref_header = read_label(case.label, stored_values(len(labels), values))
     ref = to_classes(ref_data, tuple(values)).reshape(pred.shape)
     spacing = [float(z) for z in ref_header.spacing[:3]]
     picture = not ref_header.physical_spacing
@@ -153,9 +153,9 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     tags = lineage_tags(cfg, device=str(predictor.device), model_meta=predictor.meta)
     ranking = case_ranking(per_case).set_index("case_id")["mean_dice"]
     by_id = {c.case_id: c for c in cases}
-    values = label_values(predictor.meta)
+    stored = stored_values(len(labels), label_values(predictor.meta))
     overlays = (  # a generator: the report draws one case at a time
-        load_overlay(by_id[cid], written[cid], role, float(ranking[cid]), values)
+        load_overlay(by_id[cid], written[cid], role, float(ranking[cid]), stored)
         for role, cid in pick_cases(per_case).items()
     )
     first = fold_config(cfg, folders[0][0])
@@ -265,12 +265,12 @@ def load_overlay(
     case: Case, prediction_file: Path, role: str, mean_dice: float, label_values: Sequence[float] = ()
 ) -> Overlay:
     """Image (first channel), reference and saved prediction of one case (any readable format), reoriented to
-    RAS; masks stored with ``label_values`` are shown as classes."""
+    RAS; masks stored with ``label_values`` (the stored value of each class) are shown as classes."""
     image, header = read_array(case.images[0])
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 4:
         image = image[..., 0]
-    reference = to_classes(read_array(case.label)[0], label_values).reshape(image.shape)
+    reference = to_classes(read_label(case.label, label_values)[0], label_values).reshape(image.shape)
     prediction = to_classes(read_array(prediction_file)[0], label_values).reshape(image.shape)
     if not header.physical_spacing and image.ndim == 3 and image.shape[2] == 1:  # a 2D picture, drawn as one
         pixels = (image[..., 0], reference[..., 0], prediction[..., 0])

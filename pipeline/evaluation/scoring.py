@@ -17,6 +17,7 @@ table, summary (with the empty-mask policy) and HTML report are the evaluate sta
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,7 +30,8 @@ from pipeline.config import EvaluateConfig, to_dict
 from pipeline.core.cases import Case, DatasetError
 from pipeline.core.dataset import LABEL_TAGS, read_dataset
 from pipeline.core.dataset_json import read_labels
-from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, read_array, strip_suffix
+from pipeline.core.labels import read_label
+from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, strip_suffix
 from pipeline.evaluation.evaluator import empty_policy, load_overlay, write_results
 from pipeline.evaluation.metrics import case_metrics, summarize
 from pipeline.evaluation.report import case_ranking, pick_cases
@@ -134,13 +136,14 @@ def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Mis
     return pairs
 
 
-def read_mask(path: Path) -> tuple[np.ndarray, Header]:
+def read_mask(path: Path, values: Sequence[float] | None = None) -> tuple[np.ndarray, Header]:
     """A label volume (spatial axes only) and its header; :class:`ScoreError` naming the file if it is not one.
 
-    A 2D picture (no physical spacing, one slice) comes back 2D, so it is scored by contours, in pixels.
+    A 2D picture (no physical spacing, one slice) comes back 2D, so it is scored by contours, in pixels. A
+    lossy (JPEG) mask is read as the nearest of ``values`` (the declared label values; None: 0/255).
     """
     try:
-        data, header = read_array(path)
+        data, header = read_label(path, values)
     except ReadError as err:
         raise ScoreError(f"{path}: {err}") from None
     data = np.asarray(data)
@@ -179,7 +182,7 @@ def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> tuple[
     physical = True
     for pair in tqdm(pairs, desc="check", unit="case", disable=len(pairs) < 20):
         try:
-            ref, ref_header = read_mask(pair.reference)
+            ref, ref_header = read_mask(pair.reference, list(labels or ()))
             physical &= ref_header.physical_spacing
             found = set(np.unique(ref).tolist())
             if pair.prediction is not None:
@@ -203,7 +206,7 @@ def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> tuple[
 
 def score_rows(pair: ScoreCase, labels: dict[int, str], e: EvaluateConfig) -> list[dict]:
     """The per-class metric rows of one case, with the names and SHA-256 of its files."""
-    ref, header = read_mask(pair.reference)
+    ref, header = read_mask(pair.reference, list(labels))
     pred = read_mask(pair.prediction)[0] if pair.prediction is not None else np.zeros_like(ref)
     provenance = {
         "case_id": pair.case_id,

@@ -18,12 +18,14 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from pipeline.core.image2d import match_channels
-from pipeline.core.labels import is_identity
+from pipeline.core.labels import is_identity, stored_values
 from pipeline.preprocessing.pictures import picture_factor
 
 
-def load_images(keys: Sequence[str]) -> mt.LoadImaged:
-    """MONAI's ``LoadImaged`` with the pipeline's one reader (:class:`pipeline.core.readers.PipelineReader`).
+def load_images(keys: Sequence[str], label_values: Sequence[float] | None = None) -> mt.LoadImaged:
+    """MONAI's ``LoadImaged`` with the pipeline's one reader (:class:`pipeline.core.readers.PipelineReader`);
+    with ``label_values`` (the stored label values; empty: unknown) the keys are label files (a JPEG mask is
+    brought back to those values, see :func:`pipeline.core.labels.read_label`).
 
     ``LoadImaged`` also builds every MONAI default reader; with pydicom installed, MONAI 1.6's GPU DICOM
     reader (``NvImgCodecPydicomReader``) then logs a warning and warns that nvImageCodec (a CUDA library) is
@@ -35,7 +37,10 @@ def load_images(keys: Sequence[str]) -> mt.LoadImaged:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec", category=UserWarning)
-            return mt.LoadImaged(keys, reader="pipeline.core.readers.PipelineReader", image_only=True, dtype=np.float32)
+            kwargs = {} if label_values is None else {"label_values": list(label_values)}  # PipelineReader's
+            return mt.LoadImaged(
+                keys, reader="pipeline.core.readers.PipelineReader", image_only=True, dtype=np.float32, **kwargs
+            )
     finally:
         plugin_log.setLevel(level)
 
@@ -130,10 +135,10 @@ def preprocessing(
     _check_options(image_interp, slow_axis_interp, label_interp, with_label, num_classes, intensity, normalization)
     keys = ["image", "label"] if with_label else ["image"]
     onehot = with_label and label_interp == "linear"
-    chain: list = [
-        load_images(keys),
-        mt.EnsureChannelFirstd(keys),
-    ]
+    chain: list = [load_images(["image"])]
+    if with_label:  # a lossy (JPEG) mask is read as the nearest stored label value (core/labels.py)
+        chain.append(load_images(["label"], list(stored_values(num_classes or 0, label_values))))
+    chain.append(mt.EnsureChannelFirstd(keys))
     if channels:
         chain.append(MatchChannelsd("image", channels))
     if with_label and not is_identity(label_values):

@@ -14,6 +14,7 @@ import torch
 from monai.data import ImageReader, MetaTensor
 from monai.utils import ImageMetaKey
 
+from pipeline.core.labels import read_label
 from pipeline.core.readers import backend_for, read_array
 from pipeline.core.readers.base import Header
 
@@ -63,13 +64,24 @@ def load_image(reads: Sequence[Read], filename: str | Path, dtype: type = np.flo
 
 
 class PipelineReader(ImageReader):
-    """MONAI ``ImageReader`` for every format of :mod:`pipeline.core.readers` (one read path for all)."""
+    """MONAI ``ImageReader`` for every format of :mod:`pipeline.core.readers` (one read path for all).
+
+    ``label_values`` (the dataset's stored label values) makes it a reader of label files: a lossy (JPEG)
+    mask is brought back to those values (:func:`pipeline.core.labels.read_label`).
+    """
+
+    def __init__(self, label_values: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.label_values = None if label_values is None else [float(v) for v in label_values]
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         return all(backend_for(f) is not None for f in _names(filename))
 
     def read(self, data: Sequence[str | Path] | str | Path, **kwargs: object) -> Read | list[Read]:
-        reads = [read_array(name) for name in _names(data)]
+        if self.label_values is not None:
+            reads = [read_label(name, self.label_values) for name in _names(data)]
+        else:
+            reads = [read_array(name) for name in _names(data)]
         return reads if len(reads) > 1 else reads[0]
 
     def get_data(self, img: Read | list[Read]) -> tuple[np.ndarray, dict]:
