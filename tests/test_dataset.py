@@ -345,6 +345,23 @@ def test_a_copy_of_the_dataset_inside_its_archive_is_read_once(tmp_path: Path, c
     assert [p.case_id for p in read_dataset(tmp_path, "auto").problems] == ["TCGA_B_2"]
 
 
+def test_isic_as_distributed_pairs_segmentation_masks_in_their_own_folder(tmp_path: Path) -> None:
+    """ISIC 2018: ``..._Input/<case>.jpg`` and ``..._GroundTruth/<case>_segmentation.png`` (plus licence files):
+    every image has its mask, and the two folders are not groups (no patient folders)."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for folder in ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "LICENSE.txt").write_text("CC-BY-NC")
+    for n in range(3):
+        _png(tmp_path / "ISIC2018_Task1-2_Training_Input" / f"ISIC_000000{n}.png", rgb + n)
+        _png(tmp_path / "ISIC2018_Task1_Training_GroundTruth" / f"ISIC_000000{n}_segmentation.png", mask)
+    info = read_dataset(tmp_path, "auto")
+    assert not info.problems
+    assert [(c.case_id, c.label.name, c.group) for c in info.cases] == [
+        (f"ISIC_000000{n}", f"ISIC_000000{n}_segmentation.png", None) for n in range(3)
+    ]
+
+
 def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_path: Path) -> None:
     """DRIVE-like names: images/21_training.png with labels/21_manual1.png."""
     rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
 IMAGE_TAGS = ("_image", "_img")
-LABEL_TAGS = ("_label", "_seg", "_mask")
+LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation")
 # one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -288,20 +288,23 @@ def _pair_by_leading_part(images: dict[str, Path], label_files: dict[str, Path])
 
 def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
     """Images, labels and groups of a folder of ``<case>_image`` / ``<case>_label`` files, searched at any
-    depth; a case belongs to the group named by its first sub-folder (e.g. the patient) below the folders
-    every file shares (kaggle_3m unpacked as ``lgg-mri-segmentation/kaggle_3m/<patient>/``: the patient)."""
+    depth; a case belongs to the group named by its image's first sub-folder (e.g. the patient) below the
+    folders every image is in (kaggle_3m unpacked as ``lgg-mri-segmentation/kaggle_3m/<patient>/``: the
+    patient; ISIC's ``..._Input/<case>.jpg`` beside ``..._GroundTruth/<case>_segmentation.png``: none)."""
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
     files = image_files(root, recursive=True)
+    is_label = [untag(p.name, LABEL_TAGS) is not None for p in files]
     folders = [p.relative_to(root).parts[:-1] for p in files]
-    shared = len(os.path.commonprefix(folders)) if folders else 0  # folders every file is in: not groups
-    for p, parts in zip(files, folders, strict=True):
-        if (cid := untag(p.name, LABEL_TAGS)) is not None:
-            target = label_files
-        else:
-            cid, target = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name), images
-        _put(target, cid, p, problems)
+    image_folders = [parts for parts, label in zip(folders, is_label, strict=True) if not label]
+    shared = len(os.path.commonprefix(image_folders)) if image_folders else 0  # every image is in: not groups
+    for p, parts, label in zip(files, folders, is_label, strict=True):
+        if label:
+            _put(label_files, untag(p.name, LABEL_TAGS), p, problems)  # type: ignore[arg-type]
+            continue
+        cid = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name)
+        _put(images, cid, p, problems)
         if len(parts) > shared:
             groups[cid] = parts[shared]
             if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
