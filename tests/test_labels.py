@@ -113,3 +113,27 @@ def test_a_folder_with_jpeg_masks_validates_and_preprocesses_to_two_classes(tmp_
     label = out["label"].numpy()[0, :, :, 0].T
     assert set(np.unique(label).tolist()) == {0.0, 1.0}
     assert np.mean(label != masks[0]) < 0.005
+
+
+def test_a_colour_palette_mask_gives_its_classes_and_a_grey_palette_its_grey_levels(tmp_path):
+    """A PNG label mask as PASCAL VOC stores it (palette indices = classes, shown in colours) is read as the
+    indices, by every label reader, validation included; a GIF mask with a grey palette (DRIVE's) keeps 0/255."""
+    from PIL import Image
+
+    from pipeline.core.cases import Case
+    from pipeline.core.labels import read_label
+    from pipeline.core.readers import read_array
+    from pipeline.core.validation import check_case
+
+    classes = np.zeros((20, 30), np.uint8)
+    classes[2:8, 3:9], classes[10:15, 10:20] = 1, 2
+    voc = Image.fromarray(classes, mode="P")
+    voc.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 3 * 253)
+    voc.save(tmp_path / "voc.png")
+    assert read_array(tmp_path / "voc.png")[0].shape == (30, 20, 1, 3)  # as a picture: its colours
+    data, header = read_label(tmp_path / "voc.png")
+    assert np.array_equal(data[:, :, 0].T, classes) and header.shape == (30, 20, 1)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "image.png")
+    assert check_case(Case("c", (tmp_path / "image.png",), tmp_path / "voc.png"), {0: "bg", 1: "a", 2: "b"}) == []
+    Image.fromarray(classes.astype(bool).astype(np.uint8) * 255).convert("P").save(tmp_path / "grey.gif")
+    assert set(np.unique(read_label(tmp_path / "grey.gif")[0]).tolist()) == {0, 255}

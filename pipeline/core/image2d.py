@@ -8,7 +8,9 @@ A 2D image is one case. It is returned with the same ``(array, Header)`` contrac
 * grey (``L``, ``I;16``, ``I``, ``F``) stays one channel with its stored type (16-bit stays 16-bit);
   bilevel (``1``) becomes ``uint8`` 0/1; ``LA`` and ``RGBA`` lose their alpha (transparency is not an
   intensity); palette (``P``: GIF masks) and ``CMYK``/``YCbCr``/... images become RGB; an RGB image whose
-  three channels are equal (a grey picture or mask stored as colour) is one grey channel;
+  three channels are equal (a grey picture or mask stored as colour) is one grey channel; a label mask
+  (``mask=True``, see :func:`pipeline.core.labels.read_label`) with a colour palette (PASCAL VOC's class
+  colours) is read as its palette indices, the classes;
 * there is no physical spacing: the header says spacing 1 with an identity affine, and
   ``Header.physical_spacing`` is False so the plan and the report can say "no physical spacing" (distances
   are in pixels).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +53,22 @@ def _as_volume(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _from_pillow(path: Path) -> np.ndarray:
+def _palette_classes(img: Any) -> np.ndarray | None:
+    """A palette picture's indices when its colours code classes (a label mask as PASCAL VOC stores them: a
+    used colour is not grey), else None (a grey palette, as DRIVE's GIF masks: read as its grey levels)."""
+    if img.mode != "P":
+        return None
+    index = np.asarray(img)
+    palette = np.asarray(img.getpalette() or [], dtype=np.uint8)
+    palette = palette[: palette.size // 3 * 3].reshape(-1, 3)
+    used = np.unique(index)
+    if not len(palette) or int(used.max()) >= len(palette):
+        return None
+    colours = palette[used]
+    return None if np.all(colours == colours[:, :1]) else index
+
+
+def _from_pillow(path: Path, mask: bool = False) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -58,6 +76,8 @@ def _from_pillow(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.seek(0)
             mode = img.mode
+            if mask and (classes := _palette_classes(img)) is not None:
+                return classes
             if mode == "1":
                 return np.asarray(img, dtype=np.uint8)
             elif mode in ("LA", "La"):
@@ -106,7 +126,7 @@ def _from_tiff(path: Path) -> np.ndarray:
     return pixels
 
 
-def _pixels(path: Path) -> np.ndarray:
+def _pixels(path: Path, mask: bool = False) -> np.ndarray:
     if not path.is_file():
         raise ReadError("file not found" if not path.exists() else "not a regular file")
     if path.stat().st_size == 0:
@@ -114,7 +134,7 @@ def _pixels(path: Path) -> np.ndarray:
     if path.name.lower().endswith(TIFF_SUFFIXES):
         pixels = _from_tiff(path)
     else:
-        pixels = _from_pillow(path)
+        pixels = _from_pillow(path, mask)
     if pixels.ndim == 3 and _equal_channels(pixels):
         pixels = pixels[..., 0]
     return pixels
@@ -124,9 +144,12 @@ def _equal_channels(pixels: np.ndarray) -> bool:
     return pixels.ndim == 3 and all(np.array_equal(pixels[..., 0], pixels[..., c]) for c in range(1, pixels.shape[-1]))
 
 
-def read_array_2d(path: str | Path) -> tuple[np.ndarray, Header]:
-    """A 2D image as ``(x, y, 1[, c])`` and its header (spacing 1, identity affine, no physical spacing)."""
-    data = _as_volume(_pixels(Path(path)))
+def read_array_2d(path: str | Path, mask: bool = False) -> tuple[np.ndarray, Header]:
+    """A 2D image as ``(x, y, 1[, c])`` and its header (spacing 1, identity affine, no physical spacing).
+
+    ``mask``: a label mask, whose palette, when its colours code classes (not grey), gives the class indices.
+    """
+    data = _as_volume(_pixels(Path(path), mask))
     return data, _header(data.shape, data.dtype)
 
 

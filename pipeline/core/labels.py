@@ -93,11 +93,14 @@ def restore_lossy(
 
 
 def read_label(path: str | Path, values: Sequence[float] | None = None) -> tuple[np.ndarray, Header]:
-    """A label file as :func:`~pipeline.core.readers.read_array` reads it; a lossy (JPEG) mask brought back to
-    ``values`` (the dataset's stored label values; None: binary 0/255) by :func:`restore_lossy`."""
+    """A label file as :func:`~pipeline.core.readers.read_array` reads it, except that a 2D mask with a colour
+    palette gives its palette indices (:func:`~pipeline.core.image2d.read_array_2d`) and a lossy (JPEG) mask is
+    brought back to ``values`` (the dataset's stored label values; None: binary 0/255) by :func:`restore_lossy`."""
+    from pipeline.core.image2d import is_image2d, read_array_2d
     from pipeline.core.readers import read_array
 
-    return restore_lossy(*read_array(path), path, values)
+    read = read_array_2d(path, mask=True) if is_image2d(path) else read_array(path)
+    return restore_lossy(*read, path, values)
 
 
 def stored_values(n_classes: int, values: Sequence[float] = ()) -> tuple[float, ...]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.cases import DATASET_ROW, Case, DatasetInfo, Problem, printable
-from pipeline.core.labels import restore_lossy
+from pipeline.core.labels import read_label
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import Header, ReadError, read_array
 
@@ -50,9 +50,11 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _read(path: Path | str, case_id: str, problems: list[Problem]) -> tuple[np.ndarray, Header] | None:
+def _read(
+    path: Path | str, case_id: str, problems: list[Problem], reader: Callable = read_array
+) -> tuple[np.ndarray, Header] | None:
     try:
-        return read_array(path)
+        return reader(path)
     except ReadError as err:
         problems.append(Problem(case_id, str(path), str(err)))
     except MemoryError:
@@ -185,10 +187,10 @@ def check_case(
         ref = images[0]
         if case.label is None:
             return problems
-        read = _read(case.label, case.case_id, problems)
+        read = _read(case.label, case.case_id, problems, partial(read_label, values=list(labels)))  # as the stages
         if read is None:
             return problems
-        data, header = restore_lossy(*read, case.label, list(labels))  # a JPEG mask: to the declared values
+        data, header = read
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim != 3:
