@@ -362,6 +362,30 @@ def test_isic_as_distributed_pairs_segmentation_masks_in_their_own_folder(tmp_pa
     ]
 
 
+def test_an_image_folder_and_a_folder_named_as_masks_are_paired_whatever_their_names(tmp_path: Path) -> None:
+    """CVC-ClinicDB: ``Original/1.tif`` and ``Ground Truth/1.tif``; STARE unpacked: ``stare-images/im0001.ppm``
+    and ``labels-ah/im0001.ah.ppm`` (paired by the leading part). Two folders not named as masks are not."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    cvc, stare, other = tmp_path / "cvc", tmp_path / "stare", tmp_path / "other"
+    for n in (1, 2):
+        _png(cvc / "Original" / f"{n}.png", rgb + n)
+        _png(cvc / "Ground Truth" / f"{n}.png", mask)
+        _png(stare / "stare-images" / f"im000{n}.png", rgb + n)
+        _png(stare / "labels-ah" / f"im000{n}.ah.png", mask)
+        _png(other / "site_a" / f"a{n}_mask.png", mask)
+        _png(other / "site_b" / f"a{n}.png", rgb + n)
+    for root, folder in ((cvc, "Ground Truth"), (stare, "labels-ah")):
+        info = read_dataset(root, "auto")
+        assert not info.problems
+        assert [c.case_id for c in info.cases] == (["1", "2"] if root == cvc else ["im0001", "im0002"])
+        assert all(c.label.parent.name == folder and c.group is None for c in info.cases)
+    info = read_dataset(other, "auto")  # no folder named as masks: files searched at any depth, as before
+    assert not info.problems and [(c.case_id, c.label.name) for c in info.cases] == [
+        ("a1", "a1_mask.png"),
+        ("a2", "a2_mask.png"),
+    ]
+
+
 def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_path: Path) -> None:
     """DRIVE-like names: images/21_training.png with labels/21_manual1.png."""
     rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)

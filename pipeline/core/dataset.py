@@ -377,7 +377,10 @@ def _read_folder(root: Path, home: Path) -> DatasetInfo:
     groups: dict[str, str] = {}
     test: list[Case] = []
     images_name = next((name for name in LABEL_FOLDERS if (root / name).is_dir()), None)
-    if images_name is None:
+    if images_name is None and (pair := _named_pair(root)) is not None:
+        logger.info("%s: images in %s/, their masks in %s/", root, pair[0].name, pair[1].name)
+        images, label_files = _paired_files(*pair, problems)
+    elif images_name is None:
         images, label_files, groups = _flat_files(root, problems)
     else:
         labels_name = next((n for n in LABEL_FOLDERS[images_name] if (root / n).is_dir()), None)
@@ -419,9 +422,33 @@ def _test_folders(root: Path, home: Path, images_name: str, labels_name: str) ->
 def _paired_files(
     images_dir: Path, labels_dir: Path, problems: list[Problem]
 ) -> tuple[dict[str, Path], dict[str, Path]]:
-    """``{case: image}`` of ``images_dir`` and ``{case: label}`` of ``labels_dir``, paired by name."""
+    """``{case: image}`` of ``images_dir`` and ``{case: label}`` of ``labels_dir``, paired by name (a label's
+    ``_mask``-like tag left out: ISIC's ``<case>_segmentation``)."""
     images = _by_stem(image_files(images_dir), problems)
-    return images, _pair_by_leading_part(images, _by_stem(image_files(labels_dir), problems))
+    label_files: dict[str, Path] = {}
+    for p in image_files(labels_dir):
+        _put(label_files, untag(p.name, LABEL_TAGS) or strip_suffix(p.name), p, problems)
+    return images, _pair_by_leading_part(images, label_files)
+
+
+#: words that name a folder of label masks, whatever else its name says (``Ground Truth``, ``labels-ah``)
+LABEL_WORDS = ("label", "mask", "truth", "gt", "annot", "seg", "manual")
+
+
+def _is_label_folder_name(name: str) -> bool:
+    words = [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)]
+    return any(w.startswith(LABEL_WORDS) or w.endswith(("mask", "masks", "truth", "label", "labels")) for w in words)
+
+
+def _named_pair(root: Path) -> tuple[Path, Path] | None:
+    """``(images folder, masks folder)`` when ``root`` holds exactly two sub-folders of image files, one named as
+    masks are (:data:`LABEL_WORDS`) and one not: CVC-ClinicDB's ``Original/`` and ``Ground Truth/``, ISIC's
+    ``..._Training_Input/`` and ``..._Training_GroundTruth/``. Else None (the files are searched at any depth)."""
+    subs = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and image_files(p)]
+    labelled = [p for p in subs if _is_label_folder_name(p.name)]
+    if len(subs) != 2 or len(labelled) != 1:
+        return None
+    return next(p for p in subs if p not in labelled), labelled[0]
 
 
 def _cases(
