@@ -401,6 +401,11 @@ def test_find_cases_searches_patient_subfolders_and_skips_masks_beside_scans(tmp
         (test / folder).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(test / folder / f"{name}.png")
     assert [c.case_id for c in find_cases(test)] == ["01_test"]
+    # CVC-ClinicDB as distributed: Original/1.png beside Ground Truth/1.png, the same names
+    for folder in ("Original", "Ground Truth"):
+        (tmp_path / "CVC" / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "CVC" / folder / "1.png")
+    assert [c.images[0].parent.name for c in find_cases(tmp_path / "CVC")] == ["Original"]
 
 
 def test_a_folder_of_folds_ensembles_only_the_folds_its_pool_stage_listed(tmp_path: Path) -> None:

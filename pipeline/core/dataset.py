@@ -339,9 +339,13 @@ def _training_folder(root: Path) -> Path | None:
 
 def scans_folder(path: Path) -> Path:
     """``path``'s ``images/`` folder when mask folders lie beside it (DRIVE's ``test/``: ``images/``, ``mask/``,
-    ``1st_manual/``), else ``path``: where ``predict`` finds the scans of a folder as distributed."""
+    ``1st_manual/``), or the images of a folder pair (:func:`_named_pair`: CVC-ClinicDB's ``Original/`` beside
+    ``Ground Truth/``), else ``path``: where ``predict`` finds the scans of a folder as distributed."""
     sub = path / "images"
-    return sub if sub.is_dir() and any((path / n).is_dir() for n in LABEL_FOLDERS["images"]) else path
+    if sub.is_dir() and any((path / n).is_dir() for n in LABEL_FOLDERS["images"]):
+        return sub
+    pair = _named_pair(path) if path.is_dir() and not (path / "imagesTr").is_dir() else None
+    return pair[0] if pair is not None else path
 
 
 def read_folder(root: str | Path) -> DatasetInfo:
