@@ -137,3 +137,6 @@ def test_a_colour_palette_mask_gives_its_classes_and_a_grey_palette_its_grey_lev
     assert check_case(Case("c", (tmp_path / "image.png",), tmp_path / "voc.png"), {0: "bg", 1: "a", 2: "b"}) == []
     Image.fromarray(classes.astype(bool).astype(np.uint8) * 255).convert("P").save(tmp_path / "grey.gif")
     assert set(np.unique(read_label(tmp_path / "grey.gif")[0]).tolist()) == {0, 255}
+    voc.convert("RGB").save(tmp_path / "rgb.png")  # the same colours without a palette: no classes to read
+    (problem,) = check_case(Case("c", (tmp_path / "image.png",), tmp_path / "rgb.png"), {0: "bg", 1: "a", 2: "b"})
+    assert problem.problem.startswith("a colour mask (3 channels that differ)")

@@ -193,6 +193,13 @@ def check_case(
         data, header = read
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
+        if data.ndim == 4 and not header.physical_spacing:  # a 2D picture whose channels differ
+            msg = (
+                f"a colour mask ({data.shape[3]} channels that differ): a label mask holds one value per pixel "
+                "(grey, or a palette PNG whose indices are the classes)"
+            )
+            problems.append(Problem(case.case_id, str(case.label), msg))
+            return problems
         if data.ndim != 3:
             msg = f"wrong dimensionality: expected a 3D label volume, got {data.ndim}D {_shape(data.shape)}"
             problems.append(Problem(case.case_id, str(case.label), msg))
