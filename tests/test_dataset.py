@@ -386,6 +386,28 @@ def test_an_image_folder_and_a_folder_named_as_masks_are_paired_whatever_their_n
     ]
 
 
+def test_named_channel_files_beside_their_label_are_one_case(tmp_path: Path) -> None:
+    """BraTS 2021 as distributed: ``<case>/<case>_flair``, ``_t1``, ``_t1ce``, ``_t2`` and ``<case>_seg``: one case of
+    four channels in the order of their names (recorded as the modalities), its patient folder its group; a case
+    missing a channel is named with what it has."""
+    vol = np.zeros((4, 4, 3), np.float32)
+    for cid in ("BraTS2021_00000", "BraTS2021_00002", "BraTS2021_00003"):
+        for name in ("t2", "flair", "t1ce", "t1", "seg"):
+            if cid.endswith("3") and name == "t1ce":
+                continue
+            (tmp_path / cid).mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / cid / f"{cid}_{name}.nii.gz"))
+    info = read_dataset(tmp_path, "auto")
+    assert info.modalities == {0: "flair", 1: "t1", 2: "t1ce", 3: "t2"} and info.modalities_declared
+    assert [(c.case_id, c.group, [p.name.split("_")[-1] for p in c.images]) for c in info.cases] == [
+        (cid, cid, ["flair.nii.gz", "t1.nii.gz", "t1ce.nii.gz", "t2.nii.gz"])
+        for cid in ("BraTS2021_00000", "BraTS2021_00002")
+    ]
+    assert [(p.case_id, p.problem) for p in info.problems] == [
+        ("BraTS2021_00003", "channels flair, t1, t2 differ from the other cases' (flair, t1, t1ce, t2)")
+    ]
+
+
 def test_images_and_labels_paired_by_a_leading_part_only_when_unambiguous(tmp_path: Path) -> None:
     """DRIVE-like names: images/21_training.png with labels/21_manual1.png."""
     rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)

@@ -406,6 +406,12 @@ def test_find_cases_searches_patient_subfolders_and_skips_masks_beside_scans(tmp
         (tmp_path / "CVC" / folder).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "CVC" / folder / "1.png")
     assert [c.images[0].parent.name for c in find_cases(tmp_path / "CVC")] == ["Original"]
+    # a model trained on named channel files (BraTS 2021): <case>_flair, ... grouped; <case>_seg beside them skipped
+    for name in ("t1", "flair", "seg"):
+        (tmp_path / "brats" / "P7").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "brats" / "P7" / f"P7_{name}.png")
+    (case,) = find_cases(tmp_path / "brats", 2, ["flair", "t1"])
+    assert case.case_id == "P7" and [p.name for p in case.images] == ["P7_flair.png", "P7_t1.png"]
 
 
 def test_a_folder_of_folds_ensembles_only_the_folds_its_pool_stage_listed(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ import filecmp
 import logging
 import os
 import re
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.core.cases import DATASET_ROW, Case, DatasetError, DatasetInfo, Problem, case_id_problem
@@ -28,6 +30,8 @@ IMAGE_TAGS = ("_image", "_img")
 LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation")
 # one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+# or named: <case>_flair, <case>_t1, ... beside the label <case>_seg (BraTS 2021 as distributed)
+CHANNEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 
 def _abs(path: str | Path) -> Path:
@@ -401,7 +405,18 @@ def _read_folder(root: Path, home: Path) -> DatasetInfo:
     cases = _cases(images, label_files, groups, problems) + [dataclasses.replace(c, test=True) for c in test]
     if test:
         _check_unique(cases, test_dirs[0], problems)  # type: ignore[index]
-    return DatasetInfo(root.name, labels, {0: "MR"}, tuple(cases), tuple(problems), labels_source, values)
+    named = _named_modalities(cases)
+    modalities = named or {0: "MR"}
+    return DatasetInfo(root.name, labels, modalities, tuple(cases), tuple(problems), labels_source, values, bool(named))
+
+
+def _named_modalities(cases: list[Case]) -> dict[int, str]:
+    """``{channel: name}`` of cases read from named channel files (``<case>_flair``, ...), else empty."""
+    for case in cases:
+        found = [named_channel(strip_suffix(p.name), {case.case_id}) for p in case.images]
+        if len(case.images) > 1 and all(found):
+            return {k: f[1] for k, f in enumerate(found)}  # type: ignore[index]
+    return {}
 
 
 #: folders beside ``training/`` holding the dataset's own test cases (DRIVE: ``test/images/``, ``test/1st_manual/``)
@@ -465,7 +480,8 @@ def _cases(
     """The cases of paired image and label files; an image without a label (unless ``unlabelled_ok``: a test
     image left for ``predict``) or a label without an image is a problem."""
     cases = []
-    for cid, files in sorted(_group_channels(images, label_files, problems).items()):
+    grouped, claimed = _group_channels(images, label_files, problems)
+    for cid, files in sorted(grouped.items()):
         if (bad := case_id_problem(cid)) is not None:
             problems.append(Problem(DATASET_ROW, str(files[0]), bad))
             continue
@@ -473,9 +489,10 @@ def _cases(
             if not unlabelled_ok:
                 problems.append(Problem(cid, str(files[0]), "no label file for this image"))
             continue
-        cases.append(Case(cid, tuple(_abs(f) for f in files), _abs(label_files[cid]), groups.get(cid)))
+        group = groups.get(cid) or groups.get(strip_suffix(files[0].name))  # a named channel file's group
+        cases.append(Case(cid, tuple(_abs(f) for f in files), _abs(label_files[cid]), group))
     for cid, label in sorted(label_files.items()):
-        if cid not in images and not any(_channel_of(s, label_files) == cid for s in images):
+        if cid not in claimed:
             problems.append(Problem(cid, str(label), "no image file for this label"))
     return cases
 
@@ -500,25 +517,55 @@ def _channel_of(stem: str, label_files: dict[str, Path]) -> str | None:
     return match["case"]
 
 
+def named_channel(stem: str, case_ids: Sequence[str] | set[str] | dict) -> tuple[str, str] | None:
+    """``(case, channel name)`` of a file ``<case>_<name>`` (BraTS 2021's ``<case>_flair``) of one of ``case_ids``."""
+    case, _, name = stem.rpartition("_")
+    return (case, name) if case in case_ids and CHANNEL_NAME.fullmatch(name) else None
+
+
 def _group_channels(
     images: dict[str, Path], label_files: dict[str, Path], problems: list[Problem]
-) -> dict[str, list[Path]]:
-    """Image files by case: ``<case>_0000``, ``<case>_0001``, ... of a labelled ``<case>`` become one case."""
+) -> tuple[dict[str, list[Path]], set[str]]:
+    """Image files by case: ``<case>_0000``, ``<case>_0001``, ... of a labelled ``<case>`` become one case, and so
+    do named channels ``<case>_flair``, ``<case>_t1``, ... of a labelled ``<case>`` that has no image of its own,
+    in the order of their names, the same names for every case (see :func:`channel_names`). Also returns the
+    case ids some image file belongs to (a case whose channels are incomplete included)."""
     cases: dict[str, list[Path]] = {}
     channels: dict[str, dict[int, Path]] = {}
+    named: dict[str, dict[str, Path]] = {}
+    unpaired = {cid for cid in label_files if cid not in images}
     for stem, path in images.items():
         if (cid := _channel_of(stem, label_files)) is not None:
             channels.setdefault(cid, {})[int(CHANNEL_FILE.match(stem)["channel"])] = path  # type: ignore[index]
+        elif stem not in label_files and (found := named_channel(stem, unpaired)) is not None:
+            named.setdefault(found[0], {})[found[1]] = path
         else:
             cases[stem] = [path]
+    names = channel_names(named)
+    for cid, files in named.items():
+        if sorted(files, key=str.lower) != names:
+            problems.append(
+                Problem(cid, str(next(iter(files.values()))), f"channels {', '.join(sorted(files, key=str.lower))} "
+                        f"differ from the other cases' ({', '.join(names)})")
+            )  # fmt: skip
+            continue
+        cases[cid] = [files[n] for n in names]
+    claimed = set(cases) | set(channels) | set(named)
     for cid, files in channels.items():
         if sorted(files) != list(range(len(files))):
             missing = sorted(set(range(max(files) + 1)) - set(files))
-            names = ", ".join(f"{cid}_{c:04d}" for c in missing)
-            problems.append(Problem(cid, str(files[min(files)]), f"missing channel file(s) {names}"))
+            absent = ", ".join(f"{cid}_{c:04d}" for c in missing)
+            problems.append(Problem(cid, str(files[min(files)]), f"missing channel file(s) {absent}"))
             continue
         cases[cid] = [files[c] for c in range(len(files))]
-    return cases
+    return cases, claimed
+
+
+def channel_names(named: dict[str, dict[str, Path]]) -> list[str]:
+    """The channel names most cases of ``{case: {name: file}}`` have, sorted (case-insensitive): channel k is the
+    k-th name (``flair``, ``t1``, ``t1ce``, ``t2``)."""
+    sets = Counter(tuple(sorted(files, key=str.lower)) for files in named.values())
+    return list(sets.most_common(1)[0][0]) if sets else []
 
 
 def _check_unique(cases: list[Case], source: Path, problems: list[Problem]) -> None:

@@ -27,6 +27,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import CHANNEL_FILE, LABEL_TAGS, image_files, scans_folder, untag
+from pipeline.core.dataset import CHANNEL_FILE, CHANNEL_NAME, LABEL_TAGS, image_files, scans_folder, untag
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,
@@ -50,17 +51,18 @@ from pipeline.inference.predictor import Prediction, Predictor, UnreadableScanEr
 logger = logging.getLogger("pipeline.tools.predict")
 
 
-
 def _without_masks(files: list[Path]) -> list[Path]:
-    """Drop ``<case>_mask`` (``_label``, ``_seg``) files that lie beside their scan ``<case>``: masks, not scans."""
-    stems = {strip_suffix(f.name) for f in files}
-    masks = [f for f in files if (case := untag(f.name, LABEL_TAGS)) is not None and case in stems]
+    """Drop ``<case>_mask`` (``_label``, ``_seg``) files that lie beside their scan ``<case>`` (or its channel files
+    ``<case>_0000``, ``<case>_flair``, ...): masks, not scans."""
+    scans = {strip_suffix(f.name) for f in files if untag(f.name, LABEL_TAGS) is None}
+    cases = scans | {s.rpartition("_")[0] for s in scans}
+    masks = [f for f in files if (case := untag(f.name, LABEL_TAGS)) is not None and case in cases]
     if masks:
         logger.info("%d mask file(s) beside their scans skipped (e.g. %s)", len(masks), masks[0].name)
     return [f for f in files if f not in masks]
 
 
-def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
+def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = ()) -> list[Case]:
     """One case per scan (a file, or every image in a folder and its sub-folders, sorted; hidden files such as
     ``.x.tmp.nii.gz`` left by an interrupted run are not scans, nor ``<case>_mask`` files beside ``<case>``, nor
     the mask folders beside an ``images/`` folder, as DRIVE's ``test/`` comes).
@@ -68,7 +70,8 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
     any depth) is one.
 
     Multi-channel models take one 4D file (channels last) per case, or one file per channel named
-    ``<case>_0000``, ``<case>_0001``, ... (nnU-Net's convention).
+    ``<case>_0000``, ``<case>_0001``, ... (nnU-Net's convention) or, for a model trained on named channel files,
+    ``<case>_<name>`` for each of ``channel_names`` (BraTS 2021's ``<case>_flair``, ``<case>_t1``, ...).
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -85,12 +88,17 @@ def find_cases(path: Path, in_channels: int = 1) -> list[Case]:
         return [Case(f.name if f.is_dir() else strip_suffix(f.name), (f,)) for f in files]
     groups: dict[str, dict[int, Path]] = {}
     cases = []
+    named = len(channel_names) == in_channels and all(CHANNEL_NAME.fullmatch(n) for n in channel_names)
+    index = {name.lower(): k for k, name in enumerate(channel_names)} if named else {}
     for f in files:
         m = CHANNEL_FILE.match(strip_suffix(f.name))
-        if m is None:  # one file holding every channel
-            cases.append(Case(strip_suffix(f.name), (f,)))
-        else:
+        case, _, name = strip_suffix(f.name).rpartition("_")
+        if m is not None:
             groups.setdefault(m["case"], {})[int(m["channel"])] = f
+        elif case and name.lower() in index:  # a named channel file
+            groups.setdefault(case, {})[index[name.lower()]] = f
+        else:  # one file holding every channel
+            cases.append(Case(strip_suffix(f.name), (f,)))
     for cid, chans in sorted(groups.items()):
         if sorted(chans) != list(range(in_channels)):
             raise FileNotFoundError(f"{cid}: expected channels 0..{in_channels - 1}, found {sorted(chans)}")
@@ -228,7 +236,9 @@ def prepare(args: argparse.Namespace) -> tuple[Predictor, list[Case], bool, dict
     with_probs = inf.get("save_probabilities", InferenceConfig.save_probabilities)
     if args.probabilities is not None:
         with_probs = args.probabilities
-    cases = find_cases(args.input, int(predictor.meta["in_channels"]))
+    modalities = predictor.meta["plan"].get("modalities", {})  # named channel files: <case>_<name>, as trained
+    names = [str(modalities[k]) for k in sorted(modalities, key=int)]
+    cases = find_cases(args.input, int(predictor.meta["in_channels"]), names)
     check_outputs(cases, args.output, with_probs)
     codes = None
     if args.output_format == "dicom-seg":
