@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container
 from pathlib import Path
 
 from pipeline.core.cases import DATASET_ROW, Case, DatasetError, DatasetInfo, Problem, case_id_problem
@@ -517,7 +517,7 @@ def _channel_of(stem: str, label_files: dict[str, Path]) -> str | None:
     return match["case"]
 
 
-def named_channel(stem: str, case_ids: Sequence[str] | set[str] | dict) -> tuple[str, str] | None:
+def named_channel(stem: str, case_ids: Container[str]) -> tuple[str, str] | None:
     """``(case, channel name)`` of a file ``<case>_<name>`` (BraTS 2021's ``<case>_flair``) of one of ``case_ids``."""
     case, _, name = stem.rpartition("_")
     return (case, name) if case in case_ids and CHANNEL_NAME.fullmatch(name) else None

@@ -11,10 +11,10 @@ are the values (0..K-1), nothing to map. Both use MONAI's ``MapLabelValue``.
 ``dataset.json``), so that its labels are inferred from the masks.
 
 Lossy masks (JPEG, as some 2D photograph sets ship them: Kvasir-SEG's polyps) hold compression noise around
-their label values at every edge. Every label file is read through :func:`read_label` (or brought back with
-:func:`restore_lossy` after reading), which turns such a mask into label values: a colour mask to grey, then
-each pixel to the nearest of the dataset's stored label values, or, when nothing is declared, to 0 or 255
-(a binary mask: 0 below 128, 255 from 128 up). Lossless masks are returned as stored.
+their label values at every edge. Every label file is read through :func:`read_label`, which turns such a
+mask into label values: a colour mask to grey, then each pixel to the nearest of the dataset's stored label
+values, or, when nothing is declared, to 0 or 255 (a binary mask: 0 below 128, 255 from 128 up). Lossless
+masks are returned as stored (a 2D mask with a colour palette: its palette indices, the classes).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def nearest_values(data: np.ndarray, values: Sequence[float]) -> np.ndarray:
     return levels[index]
 
 
-def restore_lossy(
+def _restore_lossy(
     data: np.ndarray, header: Header, path: str | Path, values: Sequence[float] | None = None
 ) -> tuple[np.ndarray, Header]:
     """A label file's array as read, brought back to label values when its format is lossy (JPEG).
@@ -76,8 +76,6 @@ def restore_lossy(
     """
     if not is_lossy(path):
         return data, header
-    from dataclasses import replace as replace_header
-
     from pipeline.core.image2d import LUMA
 
     pixels = np.asarray(data, dtype=np.float64)
@@ -89,18 +87,19 @@ def restore_lossy(
     snapped = nearest_values(pixels, levels)
     dtype = np.uint8 if min(levels) >= 0 and max(levels) <= 255 else np.int32
     out = snapped.astype(dtype)
-    return out, replace_header(header, shape=out.shape, dtype=str(out.dtype))
+    return out, replace(header, shape=out.shape, dtype=str(out.dtype))
 
 
 def read_label(path: str | Path, values: Sequence[float] | None = None) -> tuple[np.ndarray, Header]:
     """A label file as :func:`~pipeline.core.readers.read_array` reads it, except that a 2D mask with a colour
     palette gives its palette indices (:func:`~pipeline.core.image2d.read_array_2d`) and a lossy (JPEG) mask is
-    brought back to ``values`` (the dataset's stored label values; None: binary 0/255) by :func:`restore_lossy`."""
+    brought back to ``values`` (the dataset's stored label values; None: binary 0/255): colour to grey, then
+    each pixel to the nearest value."""
     from pipeline.core.image2d import is_image2d, read_array_2d
     from pipeline.core.readers import read_array
 
     read = read_array_2d(path, mask=True) if is_image2d(path) else read_array(path)
-    return restore_lossy(*read, path, values)
+    return _restore_lossy(*read, path, values)
 
 
 def stored_values(n_classes: int, values: Sequence[float] = ()) -> tuple[float, ...]:

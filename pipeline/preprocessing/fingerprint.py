@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from pipeline.core import io
 from pipeline.core.cases import Case, DatasetInfo
-from pipeline.core.labels import read_label, to_classes
+from pipeline.core.labels import read_label, stored_values, to_classes
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import read_scan
 
@@ -116,7 +116,7 @@ def fingerprint_case(
         row[f"crop_shape_{i}"] = int(crop[ras[i]])
     foreground = np.zeros(spatial, dtype=bool)
     if case.label is not None:
-        label, _ = read_label(case.label, tuple(label_values) or tuple(labels))
+        label, _ = read_label(case.label, stored_values(len(labels), label_values))
         label = to_classes(label, label_values, np.int64).reshape(spatial)
         counts = np.bincount(np.clip(label, 0, None).ravel(), minlength=max(labels, default=0) + 1)
         for k in labels:

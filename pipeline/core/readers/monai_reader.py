@@ -66,8 +66,8 @@ def load_image(reads: Sequence[Read], filename: str | Path, dtype: type = np.flo
 class PipelineReader(ImageReader):
     """MONAI ``ImageReader`` for every format of :mod:`pipeline.core.readers` (one read path for all).
 
-    ``label_values`` (the dataset's stored label values) makes it a reader of label files: a lossy (JPEG)
-    mask is brought back to those values (:func:`pipeline.core.labels.read_label`).
+    ``label_values`` (the dataset's stored label values) makes it a reader of label files, as
+    :func:`pipeline.core.labels.read_label` reads them (a palette mask's classes; a lossy mask's label values).
     """
 
     def __init__(self, label_values: Sequence[float] | None = None) -> None:
