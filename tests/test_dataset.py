@@ -379,6 +379,16 @@ def test_an_image_folder_and_a_folder_named_as_masks_are_paired_whatever_their_n
         assert not info.problems
         assert [c.case_id for c in info.cases] == (["1", "2"] if root == cvc else ["im0001", "im0002"])
         assert all(c.label.parent.name == folder and c.group is None for c in info.cases)
+    carvana = tmp_path / "carvana"  # train/ + train_masks/ (<id>_mask) beside an unlabelled test/
+    for n in (1, 2):
+        _png(carvana / "train" / f"c{n}.png", rgb + n)
+        _png(carvana / "train_masks" / f"c{n}_mask.png", mask)
+        _png(carvana / "test" / f"t{n}.png", rgb)
+    info = read_dataset(carvana, "auto")
+    assert not info.problems and [(c.case_id, c.label.name) for c in info.cases] == [
+        ("c1", "c1_mask.png"),
+        ("c2", "c2_mask.png"),
+    ]
     info = read_dataset(other, "auto")  # no folder named as masks: files searched at any depth, as before
     assert not info.problems and [(c.case_id, c.label.name) for c in info.cases] == [
         ("a1", "a1_mask.png"),

@@ -462,8 +462,13 @@ def _is_label_folder_name(name: str) -> bool:
 def _named_pair(root: Path) -> tuple[Path, Path] | None:
     """``(images folder, masks folder)`` when ``root`` holds exactly two sub-folders of image files, one named as
     masks are (:data:`LABEL_WORDS`) and one not: CVC-ClinicDB's ``Original/`` and ``Ground Truth/``, ISIC's
-    ``..._Training_Input/`` and ``..._Training_GroundTruth/``. Else None (the files are searched at any depth)."""
-    subs = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and image_files(p)]
+    ``..._Training_Input/`` and ``..._Training_GroundTruth/``; a ``test/`` folder beside them (Carvana's ``train/``,
+    ``train_masks/``, ``test/``) is not one of them. Else None (the files are searched at any depth)."""
+    subs = [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in TEST_FOLDERS and image_files(p)
+    ]
     labelled = [p for p in subs if _is_label_folder_name(p.name)]
     if len(subs) != 2 or len(labelled) != 1:
         return None
