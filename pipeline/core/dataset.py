@@ -467,7 +467,10 @@ def _named_pair(root: Path) -> tuple[Path, Path] | None:
     subs = [
         p
         for p in sorted(root.iterdir())
-        if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in TEST_FOLDERS and image_files(p)
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and p.name.lower() not in TEST_FOLDERS
+        and any(is_image_file(f) for f in p.iterdir())
     ]
     labelled = [p for p in subs if _is_label_folder_name(p.name)]
     if len(subs) != 2 or len(labelled) != 1:
@@ -522,10 +525,16 @@ def _channel_of(stem: str, label_files: dict[str, Path]) -> str | None:
     return match["case"]
 
 
-def named_channel(stem: str, case_ids: Container[str]) -> tuple[str, str] | None:
-    """``(case, channel name)`` of a file ``<case>_<name>`` (BraTS 2021's ``<case>_flair``) of one of ``case_ids``."""
+def channel_name_of(stem: str) -> tuple[str, str] | None:
+    """``(case, channel name)`` of a file ``<case>_<name>`` named as a channel (BraTS 2021's ``<case>_flair``)."""
     case, _, name = stem.rpartition("_")
-    return (case, name) if case in case_ids and CHANNEL_NAME.fullmatch(name) else None
+    return (case, name) if case and CHANNEL_NAME.fullmatch(name) else None
+
+
+def named_channel(stem: str, case_ids: Container[str]) -> tuple[str, str] | None:
+    """:func:`channel_name_of` for a file of one of ``case_ids``."""
+    found = channel_name_of(stem)
+    return found if found is not None and found[0] in case_ids else None
 
 
 def _group_channels(

@@ -36,7 +36,15 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import CHANNEL_FILE, CHANNEL_NAME, LABEL_TAGS, image_files, scans_folder, untag
+from pipeline.core.dataset import (
+    CHANNEL_FILE,
+    CHANNEL_NAME,
+    LABEL_TAGS,
+    channel_name_of,
+    image_files,
+    scans_folder,
+    untag,
+)
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
     add_max_voxels_argument,
@@ -92,11 +100,11 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
     index = {name.lower(): k for k, name in enumerate(channel_names)} if named else {}
     for f in files:
         m = CHANNEL_FILE.match(strip_suffix(f.name))
-        case, _, name = strip_suffix(f.name).rpartition("_")
+        named_file = channel_name_of(strip_suffix(f.name))
         if m is not None:
             groups.setdefault(m["case"], {})[int(m["channel"])] = f
-        elif case and name.lower() in index:  # a named channel file
-            groups.setdefault(case, {})[index[name.lower()]] = f
+        elif named_file is not None and named_file[1].lower() in index:  # a named channel file
+            groups.setdefault(named_file[0], {})[index[named_file[1].lower()]] = f
         else:  # one file holding every channel
             cases.append(Case(strip_suffix(f.name), (f,)))
     for cid, chans in sorted(groups.items()):
