@@ -159,10 +159,7 @@ def out_of_fold(cfg: Config) -> tuple[pd.DataFrame, dict[str, Any]]:
             "postprocessing": postprocessing,
         }
     )
-    out = Path(e.metrics_dir) / CV_DIR
-    io.write_csv(out / "per_case.csv", per_case)
-    io.write_json(out / "summary.json", summary)
-    io.write_json(Path(cfg.train.out_dir) / POSTPROCESSING, postprocessing)
+    _write_pool_outputs(cfg, per_case, summary, postprocessing)
     logger.info(
         "out-of-fold mean Dice %.4f over %d cases (%d of %d folds); largest component kept for classes %s",
         summary["mean_dice"],
@@ -187,8 +184,14 @@ def _nothing_out_of_fold(cfg: Config, n_non_test: int) -> tuple[pd.DataFrame, di
     summary = {"n_cases": 0, "n_non_test_cases": n_non_test, "complete": False, "folds": {}, "note": why}
     summary["postprocessing"] = postprocessing
     per_case = pd.DataFrame(columns=["case_id", "class_name", "dice", "fold"])
-    io.write_csv(Path(cfg.evaluate.metrics_dir) / CV_DIR / "per_case.csv", per_case)
-    io.write_json(Path(cfg.evaluate.metrics_dir) / CV_DIR / "summary.json", summary)
-    io.write_json(Path(cfg.train.out_dir) / POSTPROCESSING, postprocessing)
+    _write_pool_outputs(cfg, per_case, summary, postprocessing)
     logger.info("no out-of-fold cases: %s; no post-processing chosen", why)
     return per_case, summary
+
+
+def _write_pool_outputs(cfg: Config, per_case: pd.DataFrame, summary: dict, postprocessing: dict) -> None:
+    """The pool stage's outputs: ``cv/per_case.csv``, ``cv/summary.json`` and the model folder's choice."""
+    out = Path(cfg.evaluate.metrics_dir) / CV_DIR
+    io.write_csv(out / "per_case.csv", per_case)
+    io.write_json(out / "summary.json", summary)
+    io.write_json(Path(cfg.train.out_dir) / POSTPROCESSING, postprocessing)
