@@ -27,17 +27,20 @@ class Problem:
     problem: str
 
 
-#: a case id is a plain name: it names files (``<case>.nii.gz``, ``images/<case>.npy``) and nothing else
-PLAIN_CASE_ID = re.compile(r"[\w-][\w.-]*")
+#: a case id is a plain name: it names files (``<case>.nii.gz``, ``images/<case>.npy``) and nothing else.
+#: Spaces inside and parentheses are allowed (``benign (1).png``, ``Patient 01``): harmless in a file name;
+#: a leading dot or space, a trailing space, separators and control characters are not.
+PLAIN_CASE_ID = re.compile(r"[\w()+-](?:[\w.()+ -]*[\w.()+-])?")
 MAX_CASE_ID = 200  # characters: room for suffixes like "_probabilities.nii.gz" within a 255-byte file name
 
 
 def case_id_problem(case_id: str) -> str | None:
-    """Why ``case_id`` is not a plain name (letters, digits, '.', '_', '-'; no leading dot), or None."""
+    """Why ``case_id`` is not a plain name (letters, digits, ``. _ - + ( )``, inner spaces; no leading dot), or None."""
     if PLAIN_CASE_ID.fullmatch(case_id) and len(case_id) <= MAX_CASE_ID:
         return None
     return (
-        f"case id {printable(case_id)!r} is not a plain name (letters, digits, '.', '_', '-'; no leading dot; "
+        f"case id {printable(case_id)!r} is not a plain name (letters, digits, '.', '_', '-', '+', '(', ')', "
+        f"spaces inside; no leading dot; "
         f"at most {MAX_CASE_ID} characters)"
     )
 

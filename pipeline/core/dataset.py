@@ -253,6 +253,19 @@ def untag(name: str, tags: tuple[str, ...]) -> str | None:
     return None
 
 
+#: a further mask of a case, numbered: ``<case>_mask_1`` beside ``<case>_mask`` (BUSI: one mask file per lesion)
+NUMBERED_MASK = re.compile(rf"(?P<case>.+?)(?:{'|'.join(LABEL_TAGS)})_\d+", re.IGNORECASE)
+
+
+def mask_case(name: str) -> str | None:
+    """The case id of a label mask named ``<case>_mask.<ext>`` (or ``_label``, ``_seg``, ``_segmentation``), or of a
+    numbered further mask ``<case>_mask_1.<ext>``; None for any other name."""
+    if (case := untag(name, LABEL_TAGS)) is not None:
+        return case
+    numbered = NUMBERED_MASK.fullmatch(strip_suffix(name))
+    return numbered["case"] if numbered else None
+
+
 def _by_stem(files: list[Path], problems: list[Problem]) -> dict[str, Path]:
     """``{stem: file}``; a stem found twice (in two sub-folders) is a problem, not silently one of them."""
     out: dict[str, Path] = {}
@@ -264,7 +277,12 @@ def _by_stem(files: list[Path], problems: list[Problem]) -> dict[str, Path]:
 def _put(files: dict[str, Path], case_id: str, path: Path, problems: list[Problem]) -> None:
     """``files[case_id] = path``; an id already there is a problem naming both files."""
     if case_id in files:
-        problems.append(Problem(case_id, str(path), f"duplicate case id {case_id!r} (also {files[case_id]})"))
+        other = files[case_id]
+        if any(NUMBERED_MASK.fullmatch(strip_suffix(p.name)) for p in (path, other)):
+            why = f"a further mask of case {case_id!r} (also {other}): one mask file per case; merge them into one"
+        else:
+            why = f"duplicate case id {case_id!r} (also {other})"
+        problems.append(Problem(case_id, str(path), why))
     files[case_id] = path
 
 
@@ -299,13 +317,13 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
     files = image_files(root, recursive=True)
-    is_label = [untag(p.name, LABEL_TAGS) is not None for p in files]
+    is_label = [mask_case(p.name) is not None for p in files]
     folders = [p.relative_to(root).parts[:-1] for p in files]
     image_folders = [parts for parts, label in zip(folders, is_label, strict=True) if not label]
     shared = len(os.path.commonprefix(image_folders)) if image_folders else 0  # every image is in: not groups
     for p, parts, label in zip(files, folders, is_label, strict=True):
         if label:
-            _put(label_files, untag(p.name, LABEL_TAGS), p, problems)  # type: ignore[arg-type]
+            _put(label_files, mask_case(p.name), p, problems)  # type: ignore[arg-type]
             continue
         cid = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name)
         _put(images, cid, p, problems)
@@ -446,7 +464,7 @@ def _paired_files(
     images = _by_stem(image_files(images_dir), problems)
     label_files: dict[str, Path] = {}
     for p in image_files(labels_dir):
-        _put(label_files, untag(p.name, LABEL_TAGS) or strip_suffix(p.name), p, problems)
+        _put(label_files, mask_case(p.name) or strip_suffix(p.name), p, problems)
     return images, _pair_by_leading_part(images, label_files)
 
 

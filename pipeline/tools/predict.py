@@ -39,11 +39,10 @@ from pipeline.core.cases import Case
 from pipeline.core.dataset import (
     CHANNEL_FILE,
     CHANNEL_NAME,
-    LABEL_TAGS,
     channel_name_of,
     image_files,
+    mask_case,
     scans_folder,
-    untag,
 )
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
@@ -60,11 +59,11 @@ logger = logging.getLogger("pipeline.tools.predict")
 
 
 def _without_masks(files: list[Path]) -> list[Path]:
-    """Drop ``<case>_mask`` (``_label``, ``_seg``) files that lie beside their scan ``<case>`` (or its channel files
-    ``<case>_0000``, ``<case>_flair``, ...): masks, not scans."""
-    scans = {strip_suffix(f.name) for f in files if untag(f.name, LABEL_TAGS) is None}
+    """Drop ``<case>_mask`` (``_label``, ``_seg``, a numbered ``_mask_1``) files that lie beside their scan
+    ``<case>`` (or its channel files ``<case>_0000``, ``<case>_flair``, ...): masks, not scans."""
+    scans = {strip_suffix(f.name) for f in files if mask_case(f.name) is None}
     cases = scans | {s.rpartition("_")[0] for s in scans}
-    masks = [f for f in files if (case := untag(f.name, LABEL_TAGS)) is not None and case in cases]
+    masks = [f for f in files if (case := mask_case(f.name)) is not None and case in cases]
     if masks:
         logger.info("%d mask file(s) beside their scans skipped (e.g. %s)", len(masks), masks[0].name)
     return [f for f in files if f not in masks]
