@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -259,13 +260,15 @@ def test_case_ids_must_be_plain_names(tmp_path: Path, capsys: pytest.CaptureFixt
     from pipeline.tools import validate
 
     root = _msd(tmp_path / "ds", GOOD)
-    bad_ids = ["../../../x", "/abs/x", ".hidden", "a b", "x/y", '"two\nlines"', "é" * 201]
+    bad_ids = ["../../../x", "/abs/x", ".hidden", "x/y", "a\tb", '"two\nlines"', "é" * 201]
     rows = [f"{cid},imagesTr/a.nii.gz,labelsTr/a.nii.gz" for cid in bad_ids]
     (root / "manifest.csv").write_text(
-        "case_id,image,label\n" + "\n".join(rows + ["ok_1.v-2,imagesTr/b.nii.gz,labelsTr/b.nii.gz"]) + "\n"
+        "case_id,image,label\n"
+        + "\n".join([*rows, *(f"{c},imagesTr/b.nii.gz,labelsTr/b.nii.gz" for c in ("ok_1.v-2", "benign (1)"))])
+        + "\n"
     )
     info = read_dataset(root, "csv")
-    assert [c.case_id for c in info.cases] == ["ok_1.v-2"]
+    assert [c.case_id for c in info.cases] == ["ok_1.v-2", "benign (1)"]
     assert [p.case_id for p in info.problems] == [f"line {n}" for n in range(2, 2 + len(bad_ids))]
     assert all("is not a plain name" in p.problem and "\n" not in p.problem for p in info.problems)
     assert validate.main([str(root), "--layout", "csv"]) == 1
@@ -282,12 +285,36 @@ def test_case_ids_must_be_plain_names(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(info.problems) == 1 and info.problems[0].case_id == f"training[{len(GOOD['training'])}]"
 
     flat = tmp_path / "flat"
-    _touch_nii(flat / "c d_image.nii.gz")
-    _touch_nii(flat / "c d_label.nii.gz")
+    _touch_nii(flat / " c_image.nii.gz")
+    _touch_nii(flat / " c_label.nii.gz")
     _touch_nii(flat / "e_image.nii.gz")
     _touch_nii(flat / "e_label.nii.gz")
     info = read_folder(flat)
-    assert [c.case_id for c in info.cases] == ["e"] and info.problems[0].file.endswith("c d_image.nii.gz")
+    assert [c.case_id for c in info.cases] == ["e"] and info.problems[0].file.endswith(" c_image.nii.gz")
+
+
+def test_busi_as_distributed_names_with_spaces_and_a_numbered_further_mask(tmp_path: Path) -> None:
+    """BUSI (breast ultrasound): ``benign (1).png`` beside ``benign (1)_mask.png`` in one folder per kind; a case with
+    two lesions has a further ``_mask_1``: one problem naming it as such (not an image without a label), and predict
+    skips it as a mask."""
+    from pipeline.tools.predict import find_cases
+
+    root = tmp_path / "Dataset_BUSI_with_GT"
+    picture, mask = np.full((12, 16, 3), 90, np.uint8), np.zeros((12, 16), np.uint8)
+    for kind in ("benign", "normal"):
+        for i in (1, 2):
+            _png(root / kind / f"{kind} ({i}).png", picture)
+            _png(root / kind / f"{kind} ({i})_mask.png", mask)
+    info = read_folder(root)
+    assert [c.case_id for c in info.cases] == ["benign (1)", "benign (2)", "normal (1)", "normal (2)"]
+    assert info.problems == ()
+    assert [c.group for c in info.cases] == [None] * 4  # two category folders, not patients: no groups
+
+    _png(root / "benign" / "benign (2)_mask_1.png", mask)
+    info = read_folder(root)
+    assert [(p.case_id, Path(p.file).name) for p in info.problems] == [("benign (2)", "benign (2)_mask_1.png")]
+    assert "a further mask of case 'benign (2)'" in info.problems[0].problem
+    assert [c.case_id for c in find_cases(root / "benign")] == ["benign (1)", "benign (2)"]
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -298,48 +325,46 @@ def _png(path: Path, array: np.ndarray) -> None:
 
 
 def test_patient_subfolders_of_slices_and_masks_are_grouped_by_patient(tmp_path: Path) -> None:
-    """kaggle_3m-like: <patient>/<patient>_<n>.tif beside <patient>_<n>_mask.tif, searched at any depth."""
+    """kaggle_3m-like: <patient>/<patient>_<n>.tif beside <patient>_<n>_mask.tif, searched at any depth; fewer
+    than five sub-folders are categories (BUSI's benign/, malignant/, normal/), not patients."""
     rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
-    for patient in ("TCGA_A", "TCGA_B"):
+    patients = [f"TCGA_{p}" for p in "ABCDE"]
+    for patient in patients:
         for n in (1, 2):
             _png(tmp_path / patient / f"{patient}_{n}.png", rgb)
             _png(tmp_path / patient / f"{patient}_{n}_mask.png", mask)
     info = read_dataset(tmp_path, "auto")
     assert not info.problems
-    assert {(c.case_id, c.group) for c in info.cases} == {
-        ("TCGA_A_1", "TCGA_A"),
-        ("TCGA_A_2", "TCGA_A"),
-        ("TCGA_B_1", "TCGA_B"),
-        ("TCGA_B_2", "TCGA_B"),
-    }
+    assert {(c.case_id, c.group) for c in info.cases} == {(f"{p}_{n}", p) for p in patients for n in (1, 2)}
     assert all(c.label is not None and c.label.name == f"{c.case_id}_mask.png" for c in info.cases)
     nested = tmp_path / "lgg-mri-segmentation"  # the patients one folder further down: still the groups
     (nested / "kaggle_3m").mkdir(parents=True)
-    for patient in ("TCGA_A", "TCGA_B"):
+    for patient in patients:
         (tmp_path / patient).rename(nested / "kaggle_3m" / patient)
-    assert {c.group for c in read_dataset(nested, "auto").cases} == {"TCGA_A", "TCGA_B"}
-    (nested / "kaggle_3m" / "TCGA_C").mkdir()
-    _png(nested / "kaggle_3m" / "TCGA_C" / "TCGA_A_1.png", rgb + 1)  # one case id in two patient folders: said
+    assert {c.group for c in read_dataset(nested, "auto").cases} == set(patients)
+    (nested / "kaggle_3m" / "TCGA_F").mkdir()
+    _png(nested / "kaggle_3m" / "TCGA_F" / "TCGA_A_1.png", rgb + 1)  # one case id in two patient folders: said
     assert any("duplicate case id 'TCGA_A_1'" in p.problem for p in read_dataset(nested, "auto").problems)
+    for patient in patients[3:]:
+        shutil.rmtree(nested / "kaggle_3m" / patient)
+    shutil.rmtree(nested / "kaggle_3m" / "TCGA_F")
+    assert {c.group for c in read_dataset(nested, "auto").cases} == {None}  # 3 folders: not taken as patients
 
 
 def test_a_copy_of_the_dataset_inside_its_archive_is_read_once(tmp_path: Path, caplog) -> None:
     """kaggle_3m as downloaded: ``kaggle_3m/<patient>/`` and the same tree again in ``lgg-mri-segmentation/``."""
     rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    patients = [f"TCGA_{p}" for p in "ABCDE"]
     for top in (tmp_path / "kaggle_3m", tmp_path / "lgg-mri-segmentation" / "kaggle_3m"):
-        for patient in ("TCGA_A", "TCGA_B"):
+        for patient in patients:
             for n in (1, 2):
                 _png(top / patient / f"{patient}_{n}.png", rgb + n)
                 _png(top / patient / f"{patient}_{n}_mask.png", mask)
     with caplog.at_level("WARNING"):
         info = read_dataset(tmp_path, "auto")
-    assert not info.problems and "8 file(s) are byte-identical copies" in caplog.text
-    assert {(c.case_id, c.group) for c in info.cases} == {
-        ("TCGA_A_1", "TCGA_A"),
-        ("TCGA_A_2", "TCGA_A"),
-        ("TCGA_B_1", "TCGA_B"),
-        ("TCGA_B_2", "TCGA_B"),
-    }  # the patients are still the groups, not the two copies
+    assert not info.problems and "20 file(s) are byte-identical copies" in caplog.text
+    assert {(c.case_id, c.group) for c in info.cases} == {(f"{p}_{n}", p) for p in patients for n in (1, 2)}
+    # the patients are still the groups, not the two copies
     assert all("lgg" not in str(c.images[0]) and "lgg" not in str(c.label) for c in info.cases)
     _png(tmp_path / "lgg-mri-segmentation" / "kaggle_3m" / "TCGA_B" / "TCGA_B_2.png", rgb)  # differs: not a copy
     assert [p.case_id for p in read_dataset(tmp_path, "auto").problems] == ["TCGA_B_2"]

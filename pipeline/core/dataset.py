@@ -308,6 +308,11 @@ def _pair_by_leading_part(images: dict[str, Path], label_files: dict[str, Path])
     return out
 
 
+#: fewest sub-folders of a folder layout taken as case groups (patients): fewer are categories (BUSI's ``benign/``,
+#: ``malignant/``, ``normal/``), which as groups would leave a split of one test category and two folds
+MIN_FOLDER_GROUPS = 5
+
+
 def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
     """Images, labels and groups of a folder of ``<case>_image`` / ``<case>_label`` files, searched at any
     depth; a case belongs to the group named by its image's first sub-folder (e.g. the patient) below the
@@ -332,6 +337,17 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
             if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
                 groups.setdefault(channel["case"], groups[cid])
     return images, label_files, groups
+
+
+def _without_category_groups(cases: list[Case]) -> list[Case]:
+    """``cases`` without their folder groups when fewer than :data:`MIN_FOLDER_GROUPS` folders hold several cases
+    each: categories (BUSI's ``benign/``, ``malignant/``, ``normal/``), not patients."""
+    groups = [c.group for c in cases if c.group is not None]
+    names = sorted(set(groups))
+    if len(names) >= MIN_FOLDER_GROUPS or len(names) == len(groups):  # patients, or one case per folder
+        return cases
+    logger.info("%d sub-folder(s) (%s): categories, not patients; split case by case", len(names), ", ".join(names))
+    return [dataclasses.replace(c, group=None) for c in cases]
 
 
 #: an image folder and the folders its label masks may be in, the first found: annotation folders as 2D sets come
@@ -420,7 +436,8 @@ def _read_folder(root: Path, home: Path) -> DatasetInfo:
                 test = _cases(test_images, test_labels, {}, problems, unlabelled_ok=True)
     if not images:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
-    cases = _cases(images, label_files, groups, problems) + [dataclasses.replace(c, test=True) for c in test]
+    cases = _without_category_groups(_cases(images, label_files, groups, problems))
+    cases += [dataclasses.replace(c, test=True) for c in test]
     if test:
         _check_unique(cases, test_dirs[0], problems)  # type: ignore[index]
     named = _named_modalities(cases)
