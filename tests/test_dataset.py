@@ -370,6 +370,26 @@ def test_a_copy_of_the_dataset_inside_its_archive_is_read_once(tmp_path: Path, c
     assert [p.case_id for p in read_dataset(tmp_path, "auto").problems] == ["TCGA_B_2"]
 
 
+def test_chase_db1_as_distributed_reads_the_first_observers_masks(tmp_path: Path) -> None:
+    """CHASE_DB1 (retinal vessels): ``Image_01L.jpg`` beside ``Image_01L_1stHO.png`` and a second observer's
+    ``Image_01L_2ndHO.png`` in one folder: the first observer's masks are the labels, the second's are not used, and
+    predict reads the pictures only."""
+    from pipeline.tools.predict import find_cases
+
+    picture, mask = np.full((12, 16, 3), 90, np.uint8), np.zeros((12, 16), np.uint8)
+    for case in ("Image_01L", "Image_01R"):
+        _png(tmp_path / f"{case}.png", picture)
+        _png(tmp_path / f"{case}_1stHO.png", mask)
+        _png(tmp_path / f"{case}_2ndHO.png", mask + 1)
+    info = read_dataset(tmp_path, "auto")
+    assert info.problems == ()
+    assert [(c.case_id, c.label.name) for c in info.cases] == [  # type: ignore[union-attr]
+        ("Image_01L", "Image_01L_1stHO.png"),
+        ("Image_01R", "Image_01R_1stHO.png"),
+    ]
+    assert [c.case_id for c in find_cases(tmp_path)] == ["Image_01L", "Image_01R"]
+
+
 def test_isic_as_distributed_pairs_segmentation_masks_in_their_own_folder(tmp_path: Path) -> None:
     """ISIC 2018: ``..._Input/<case>.jpg`` and ``..._GroundTruth/<case>_segmentation.png`` (plus licence files):
     every image has its mask, and the two folders are not groups (no patient folders)."""

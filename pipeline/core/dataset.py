@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
 IMAGE_TAGS = ("_image", "_img")
-LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation")
+LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation", "_1stho")  # _1stHO: CHASE_DB1's first observer
+# a second observer's masks beside the first's (CHASE_DB1's <case>_2ndHO): not used, as DRIVE's 2nd_manual/ folder
+OTHER_OBSERVER_TAGS = ("_2ndho",)
 # one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # or named: <case>_flair, <case>_t1, ... beside the label <case>_seg (BraTS 2021 as distributed)
@@ -258,9 +260,10 @@ NUMBERED_MASK = re.compile(rf"(?P<case>.+?)(?:{'|'.join(LABEL_TAGS)})_\d+", re.I
 
 
 def mask_case(name: str) -> str | None:
-    """The case id of a label mask named ``<case>_mask.<ext>`` (or ``_label``, ``_seg``, ``_segmentation``), or of a
-    numbered further mask ``<case>_mask_1.<ext>``; None for any other name."""
-    if (case := untag(name, LABEL_TAGS)) is not None:
+    """The case id of a label mask named ``<case>_mask.<ext>`` (or ``_label``, ``_seg``, ``_segmentation``, a first
+    or second observer's ``_1stHO``, ``_2ndHO``), or of a numbered further mask ``<case>_mask_1.<ext>``; None for any
+    other name."""
+    if (case := untag(name, LABEL_TAGS + OTHER_OBSERVER_TAGS)) is not None:
         return case
     numbered = NUMBERED_MASK.fullmatch(strip_suffix(name))
     return numbered["case"] if numbered else None
@@ -322,6 +325,9 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
     files = image_files(root, recursive=True)
+    if others := [p for p in files if untag(p.name, OTHER_OBSERVER_TAGS) is not None]:
+        logger.info("%d second observer's mask(s) not used (e.g. %s)", len(others), others[0].name)
+        files = [p for p in files if p not in set(others)]
     is_label = [mask_case(p.name) is not None for p in files]
     folders = [p.relative_to(root).parts[:-1] for p in files]
     image_folders = [parts for parts, label in zip(folders, is_label, strict=True) if not label]
