@@ -327,7 +327,7 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     files = image_files(root, recursive=True)
     if others := [p for p in files if untag(p.name, OTHER_OBSERVER_TAGS) is not None]:
         logger.info("%d second observer's mask(s) not used (e.g. %s)", len(others), others[0].name)
-        files = [p for p in files if p not in set(others)]
+        files = [p for p in files if untag(p.name, OTHER_OBSERVER_TAGS) is None]
     is_label = [mask_case(p.name) is not None for p in files]
     folders = [p.relative_to(root).parts[:-1] for p in files]
     image_folders = [parts for parts, label in zip(folders, is_label, strict=True) if not label]
