@@ -404,6 +404,42 @@ def test_nrrd_case_preprocesses_like_nifti(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["label"].numpy(), ref["label"].numpy())
 
 
+def _slicer_case(folder: Path, case: str, crop: bool) -> None:
+    """``<case>.nrrd`` and a 3D Slicer segmentation ``<case>.seg.nrrd`` (segment "Tumor", value 1), the latter on
+    the image's whole grid or cropped to the segment (origin moved by 5, 6, 3 voxels), as Slicer may save it."""
+    image = sitk.GetImageFromArray(np.arange(10 * 24 * 20, dtype=np.int16).reshape(10, 24, 20))  # z, y, x
+    image.SetSpacing((0.8, 0.8, 2.0))
+    image.SetOrigin((-10.0, 5.0, 3.0))
+    sitk.WriteImage(image, str(folder / f"{case}.nrrd"))
+    mask = np.zeros((10, 24, 20), np.uint8)
+    mask[4:6, 8:12, 6:10] = 1
+    label = sitk.GetImageFromArray(mask[3:7, 6:14, 5:11] if crop else mask)
+    label.SetSpacing((0.8, 0.8, 2.0))
+    label.SetOrigin((-10.0 + 0.8 * 5, 5.0 + 0.8 * 6, 3.0 + 2.0 * 3) if crop else (-10.0, 5.0, 3.0))
+    for key, value in {"Segment0_Name": "Tumor", "Segment0_LabelValue": "1", "Segment0_Layer": "0"}.items():
+        label.SetMetaData(key, value)
+    sitk.WriteImage(label, str(folder / f"{case}.seg.nrrd"), useCompression=True)
+
+
+def test_slicer_segmentations_pair_by_name_give_their_segment_names_and_a_cropped_one_is_named(tmp_path: Path) -> None:
+    """``<case>.seg.nrrd`` beside ``<case>.nrrd`` is the case's label; without a dataset.json the classes take the
+    segments' names; a segmentation cropped to its segment (old Slicer's default) is one problem saying so."""
+    from pipeline.core.labels import resolve_labels
+
+    for case in ("a", "b"):
+        _slicer_case(tmp_path, case, crop=False)
+    info, problems = resolve_labels(read_dataset(tmp_path, "auto"))
+    assert problems == [] and info.problems == ()
+    assert [(c.case_id, c.label.name) for c in info.cases] == [("a", "a.seg.nrrd"), ("b", "b.seg.nrrd")]
+    assert info.labels == {0: "background", 1: "Tumor"}
+    assert validate_dataset(info) == []
+
+    _slicer_case(tmp_path, "b", crop=True)
+    found = [p for p in validate_dataset(info) if p.case_id == "b"]
+    assert len(found) == 1 and "covers only part of the image's grid" in found[0].problem
+    assert "from voxel (5, 6, 3) of 20x24x10" in found[0].problem
+
+
 @pytest.mark.parametrize("name,n_cases", [("msd_hippocampus", 200), ("pyradiomics_lesions", 3)])
 def test_real_datasets_validate_clean(name: str, n_cases: int) -> None:
     root = SHARED / name

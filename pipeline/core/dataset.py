@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
 IMAGE_TAGS = ("_image", "_img")
-LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation", "_1stho")  # _1stHO: CHASE_DB1's first observer
+LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation", "_1stho", ".seg", "-label")
 # a second observer's masks beside the first's (CHASE_DB1's <case>_2ndHO): not used, as DRIVE's 2nd_manual/ folder
 OTHER_OBSERVER_TAGS = ("_2ndho",)
 # one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)

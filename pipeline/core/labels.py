@@ -164,6 +164,27 @@ def values_found(label_files: Iterable[str | Path]) -> tuple[list[int], list[tup
     return sorted(found), []
 
 
+def _segment_names(cases: Sequence[Any], found: Sequence[int]) -> dict[int, str]:
+    """Names of the label values ``found`` that 3D Slicer segmentations (``<case>.seg.nrrd``) give their segments
+    (the first name of each value); {} when the masks are not such files."""
+    from pipeline.core.readers import ReadError
+    from pipeline.core.readers.itk import segment_names
+
+    names: dict[int, str] = {}
+    wanted = set(found) - {0}
+    for case in cases:
+        if wanted <= names.keys():
+            break
+        if case.label is None or not case.label.name.lower().endswith(".seg.nrrd"):
+            continue
+        try:
+            for value, name in segment_names(case.label).items():
+                names.setdefault(value, name)
+        except ReadError:
+            continue  # validation reports the file
+    return {v: n for v, n in names.items() if v in found and v != 0}
+
+
 def resolve_labels(info: Any) -> tuple[Any, list[tuple[str, str]]]:
     """A :class:`~pipeline.core.dataset.DatasetInfo` whose labels are declared, else inferred from its masks.
 
@@ -184,6 +205,6 @@ def resolve_labels(info: Any) -> tuple[Any, list[tuple[str, str]]]:
     found, problems = values_found(c.label for c in info.cases if c.label is not None)
     if problems or not found:
         return info, problems
-    labels, values = declared_labels(inferred_labels(found))
+    labels, values = declared_labels({**inferred_labels(found), **_segment_names(info.cases, found)})
     logger.info("no dataset.json: label values found in the masks: %s", ", ".join(map(str, found)))
     return replace(info, labels=labels, label_values=values, labels_source=INFERRED), []

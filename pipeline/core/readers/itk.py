@@ -226,6 +226,25 @@ def read_header(path: Path) -> Header:
     return _header(_info(path))
 
 
+#: a 3D Slicer segmentation's segment keys: ``Segment0_Name``, ``Segment0_LabelValue``, ...
+_SEGMENT_KEY = re.compile(r"Segment(\d+)_(Name|LabelValue)")
+
+
+def segment_names(path: Path) -> dict[int, str]:
+    """``{label value: segment name}`` of a 3D Slicer segmentation (``.seg.nrrd``); {} for any other file."""
+    reader = _info(path)
+    fields: dict[str, dict[str, str]] = {}
+    for key in reader.GetMetaDataKeys():
+        if (match := _SEGMENT_KEY.fullmatch(key)) is not None:
+            fields.setdefault(match[1], {})[match[2]] = reader.GetMetaData(key).strip()
+    out = {}
+    for segment in fields.values():
+        value, name = segment.get("LabelValue", ""), one_line(segment.get("Name", ""))[:64]
+        if value.isdigit() and name:
+            out[int(value)] = name
+    return out
+
+
 def read_array(path: Path) -> tuple[np.ndarray, Header]:
     reader = _info(path)
     header = _header(reader)
