@@ -436,8 +436,8 @@ def test_slicer_segmentations_pair_by_name_give_their_segment_names_and_a_croppe
 
     _slicer_case(tmp_path, "b", crop=True)
     found = [p for p in validate_dataset(info) if p.case_id == "b"]
-    assert len(found) == 1 and "covers only part of the image's grid" in found[0].problem
-    assert "from voxel (5, 6, 3) of 20x24x10" in found[0].problem
+    assert len(found) == 1 and "shape mismatch: label 6x8x4, image 20x24x10" in found[0].problem
+    assert "covers only part of the image's grid, from voxel (5, 6, 3)" in found[0].problem
 
 
 @pytest.mark.parametrize("name,n_cases", [("msd_hippocampus", 200), ("pyradiomics_lesions", 3)])

@@ -113,19 +113,16 @@ def _check_pair(
     """Shape and geometry of a label (or extra channel file) against the first image."""
     problems = []
     ref_shape, shape = ref[0].shape[:3], other[0].shape[:3]
-    if what == "label" and (offset := _sub_grid_offset(ref[1], other[1], ref_shape, shape)) is not None:
-        why = (
-            f"the label covers only part of the image's grid ({_shape(shape)} voxels from voxel {offset} of "
-            f"{_shape(ref_shape)}): a cropped segmentation, as 3D Slicer may save a .seg.nrrd; save it on the "
-            "image's whole grid (Slicer: export the segmentation to a labelmap with the image as reference)"
-        )
-        return [Problem(case_id, str(path), why)]
     if ref_shape != shape:
-        problems.append(
-            Problem(
-                case_id, str(path), f"image/{what} shape mismatch: {what} {_shape(shape)}, image {_shape(ref_shape)}"
+        why = f"image/{what} shape mismatch: {what} {_shape(shape)}, image {_shape(ref_shape)}"
+        if what == "label" and (offset := _sub_grid_offset(ref[1], other[1], ref_shape, shape)) is not None:
+            why += (
+                f"; the label covers only part of the image's grid, from voxel {offset} (a segmentation cropped to "
+                "its segments, as older 3D Slicer saved .seg.nrrd): save it on the image's whole grid (Slicer: "
+                "export the segmentation to a labelmap with the image as reference)"
             )
-        )
+            return [Problem(case_id, str(path), why)]
+        problems.append(Problem(case_id, str(path), why))
     diffs = _geometry_mismatch(ref[1], other[1])
     if diffs:
         kinds = "spacing" if all("spacing" in d for d in diffs) else "affine"
@@ -138,11 +135,7 @@ def _sub_grid_offset(
 ) -> tuple[int, ...] | None:
     """The image voxel where a smaller label's first voxel lies, when the label is a block of the image's own grid
     (same voxel axes and size, shifted by whole voxels, inside the image); None otherwise."""
-    if (
-        label_shape == image_shape
-        or len(label_shape) != len(image_shape)
-        or not np.allclose(image.affine[:3, :3], label.affine[:3, :3], rtol=1e-4, atol=1e-4)
-    ):
+    if len(label_shape) != len(image_shape) or not np.allclose(image.affine[:3, :3], label.affine[:3, :3], atol=1e-4):
         return None
     start = np.linalg.solve(image.affine, label.affine[:, 3])[:3]
     whole = np.rint(start)
