@@ -421,10 +421,15 @@ def _slicer_case(folder: Path, case: str, crop: bool) -> None:
     sitk.WriteImage(label, str(folder / f"{case}.seg.nrrd"), useCompression=True)
 
 
-def test_slicer_segmentations_pair_by_name_give_their_segment_names_and_a_cropped_one_is_named(tmp_path: Path) -> None:
+def test_slicer_segmentations_pair_by_name_give_their_segment_names_and_a_cropped_one_is_placed(tmp_path: Path) -> None:
     """``<case>.seg.nrrd`` beside ``<case>.nrrd`` is the case's label; without a dataset.json the classes take the
-    segments' names; a segmentation cropped to its segment (old Slicer's default) is one problem saying so."""
-    from pipeline.core.labels import resolve_labels
+    segments' names. A segmentation cropped to its segments (older Slicer's default) is placed on the scan's whole
+    grid wherever labels are read (validation, fingerprint, the preprocessing chain, scoring); any other label on
+    part of the grid is one problem saying so."""
+    from pipeline.core.labels import read_label, resolve_labels
+    from pipeline.evaluation.scoring import read_mask
+    from pipeline.preprocessing.fingerprint import fingerprint_case
+    from pipeline.preprocessing.transforms import preprocessing
 
     for case in ("a", "b"):
         _slicer_case(tmp_path, case, crop=False)
@@ -434,8 +439,27 @@ def test_slicer_segmentations_pair_by_name_give_their_segment_names_and_a_croppe
     assert info.labels == {0: "background", 1: "Tumor"}
     assert validate_dataset(info) == []
 
-    _slicer_case(tmp_path, "b", crop=True)
-    found = [p for p in validate_dataset(info) if p.case_id == "b"]
+    chain = preprocessing((1.0, 1.0, 1.0))
+    whole = chain({"image": str(tmp_path / "a.nrrd"), "label": str(tmp_path / "a.seg.nrrd")})
+    row, _ = fingerprint_case(info.cases[0], [0, 1])
+    _slicer_case(tmp_path, "a", crop=True)
+    full, _ = read_label(tmp_path / "b.seg.nrrd")
+    placed, header = read_label(tmp_path / "a.seg.nrrd", like=tmp_path / "a.nrrd")
+    assert read_label(tmp_path / "a.seg.nrrd")[0].shape == (6, 8, 4)
+    np.testing.assert_array_equal(placed, full)
+    np.testing.assert_allclose(header.affine, read_header(tmp_path / "a.nrrd").affine)
+    np.testing.assert_array_equal(read_mask(tmp_path / "a.seg.nrrd", like=tmp_path / "a.nrrd")[0], full)
+    assert validate_dataset(info) == []
+    again = fingerprint_case(info.cases[0], [0, 1])[0]
+    assert {k: v for k, v in again.items() if k != "source_key"} == {k: v for k, v in row.items() if k != "source_key"}
+    cropped = chain({"image": str(tmp_path / "a.nrrd"), "label": str(tmp_path / "a.seg.nrrd")})
+    np.testing.assert_array_equal(cropped["label"].numpy(), whole["label"].numpy())
+    np.testing.assert_allclose(cropped["label"].affine.numpy(), whole["label"].affine.numpy())
+
+    (tmp_path / "a.seg.nrrd").rename(tmp_path / "a_label.nrrd")  # not a Slicer segmentation: not placed
+    (tmp_path / "b.seg.nrrd").unlink()
+    (tmp_path / "b.nrrd").unlink()
+    found = validate_dataset(read_dataset(tmp_path, "auto"))
     assert len(found) == 1 and "shape mismatch: label 6x8x4, image 20x24x10" in found[0].problem
     assert "covers only part of the image's grid, from voxel (5, 6, 3)" in found[0].problem
 

@@ -9,7 +9,7 @@ tests/test_geometry.py checks it against MONAI's ``Invertd`` (un-crop, resample,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 
@@ -18,6 +18,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
+
+
+def sub_grid_offset(
+    image_affine: np.ndarray, image_shape: Sequence[int], label_affine: np.ndarray, label_shape: Sequence[int]
+) -> tuple[int, ...] | None:
+    """The image voxel where a smaller label's first voxel lies, when the label is a block of the image's own grid
+    (same voxel axes and size, shifted by whole voxels, inside the image); None otherwise (equal shapes included)."""
+    image_affine, label_affine = np.asarray(image_affine, float), np.asarray(label_affine, float)
+    if tuple(label_shape) == tuple(image_shape) or len(label_shape) != len(image_shape):
+        return None
+    if not np.allclose(image_affine[:3, :3], label_affine[:3, :3], atol=1e-4):
+        return None
+    start = np.linalg.solve(image_affine, label_affine[:, 3])[: len(image_shape)]
+    whole = np.rint(start)
+    if not np.allclose(start, whole, atol=1e-3) or (whole < 0).any():
+        return None
+    offset = tuple(int(v) for v in whole)
+    inside = all(o + n <= m for o, n, m in zip(offset, label_shape, image_shape, strict=True))
+    return offset if inside else None
+
+
+def place_on_grid(data: np.ndarray, offset: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """``data`` (a block of a grid, from voxel ``offset``) on the whole grid of spatial ``shape``, 0 elsewhere."""
+    out = np.zeros((*shape, *data.shape[len(shape) :]), dtype=data.dtype)
+    out[tuple(slice(o, o + n) for o, n in zip(offset, data.shape, strict=False))] = data
+    return out
 
 
 def geometry_record(image: object) -> dict:

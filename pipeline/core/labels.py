@@ -90,16 +90,40 @@ def _restore_lossy(
     return out, replace(header, shape=out.shape, dtype=str(out.dtype))
 
 
-def read_label(path: str | Path, values: Sequence[float] | None = None) -> tuple[np.ndarray, Header]:
+#: 3D Slicer's segmentation files, which may hold only the block of the scan's grid around the segments
+SLICER_SEGMENTATION = ".seg.nrrd"
+
+
+def read_label(
+    path: str | Path, values: Sequence[float] | None = None, like: str | Path | None = None
+) -> tuple[np.ndarray, Header]:
     """A label file as :func:`~pipeline.core.readers.read_array` reads it, except that a 2D mask with a colour
     palette gives its palette indices (:func:`~pipeline.core.image2d.read_array_2d`) and a lossy (JPEG) mask is
     brought back to ``values`` (the dataset's stored label values; None: binary 0/255): colour to grey, then
-    each pixel to the nearest value."""
+    each pixel to the nearest value. ``like`` (the case's scan): a 3D Slicer segmentation holding a block of the
+    scan's grid (cropped to its segments) is placed on the scan's whole grid (:func:`on_scan_grid`)."""
     from pipeline.core.image2d import is_image2d, read_array_2d
     from pipeline.core.readers import read_array
 
     read = read_array_2d(path, mask=True) if is_image2d(path) else read_array(path)
-    return _restore_lossy(*read, path, values)
+    data, header = _restore_lossy(*read, path, values)
+    if like is not None and str(path).lower().endswith(SLICER_SEGMENTATION):
+        from pipeline.core.readers import read_header
+
+        data, header = on_scan_grid(data, header, read_header(Path(like)))
+    return data, header
+
+
+def on_scan_grid(data: np.ndarray, header: Header, scan: Header) -> tuple[np.ndarray, Header]:
+    """A label holding a block of its scan's grid (same voxel axes and size, shifted by whole voxels) on the scan's
+    whole grid, background elsewhere; any other label as it is (validation reports a mismatch)."""
+    from pipeline.core.geometry import place_on_grid, sub_grid_offset
+
+    offset = sub_grid_offset(scan.affine, scan.shape[:3], header.affine, data.shape[:3])
+    if offset is None:
+        return data, header
+    data = place_on_grid(data, offset, scan.shape[:3])
+    return data, replace(header, shape=data.shape, affine=scan.affine, spacing=scan.spacing, native=None)
 
 
 def stored_values(n_classes: int, values: Sequence[float] = ()) -> tuple[float, ...]:

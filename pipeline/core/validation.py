@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.cases import DATASET_ROW, Case, DatasetInfo, Problem, printable
+from pipeline.core.geometry import sub_grid_offset
 from pipeline.core.labels import read_label
 from pipeline.core.parallel import run_pool
 from pipeline.core.readers import Header, ReadError, read_array
@@ -115,11 +116,11 @@ def _check_pair(
     ref_shape, shape = ref[0].shape[:3], other[0].shape[:3]
     if ref_shape != shape:
         why = f"image/{what} shape mismatch: {what} {_shape(shape)}, image {_shape(ref_shape)}"
-        if what == "label" and (offset := _sub_grid_offset(ref[1], other[1], ref_shape, shape)) is not None:
+        offset = sub_grid_offset(ref[1].affine, ref_shape, other[1].affine, shape) if what == "label" else None
+        if offset is not None:
             why += (
-                f"; the label covers only part of the image's grid, from voxel {offset} (a segmentation cropped to "
-                "its segments, as older 3D Slicer saved .seg.nrrd): save it on the image's whole grid (Slicer: "
-                "export the segmentation to a labelmap with the image as reference)"
+                f"; the label covers only part of the image's grid, from voxel {offset}: save it on the image's "
+                "whole grid (only a 3D Slicer .seg.nrrd cropped to its segments is placed there when read)"
             )
             return [Problem(case_id, str(path), why)]
         problems.append(Problem(case_id, str(path), why))
@@ -128,21 +129,6 @@ def _check_pair(
         kinds = "spacing" if all("spacing" in d for d in diffs) else "affine"
         problems.append(Problem(case_id, str(path), f"image/{what} {kinds} mismatch: {what} " + "; ".join(diffs)))
     return problems
-
-
-def _sub_grid_offset(
-    image: Header, label: Header, image_shape: tuple[int, ...], label_shape: tuple[int, ...]
-) -> tuple[int, ...] | None:
-    """The image voxel where a smaller label's first voxel lies, when the label is a block of the image's own grid
-    (same voxel axes and size, shifted by whole voxels, inside the image); None otherwise."""
-    if len(label_shape) != len(image_shape) or not np.allclose(image.affine[:3, :3], label.affine[:3, :3], atol=1e-4):
-        return None
-    start = np.linalg.solve(image.affine, label.affine[:, 3])[:3]
-    whole = np.rint(start)
-    if not np.allclose(start, whole, atol=1e-3) or (whole < 0).any():
-        return None
-    offset = tuple(int(v) for v in whole)
-    return offset if all(o + n <= m for o, n, m in zip(offset, label_shape, image_shape, strict=True)) else None
 
 
 def _check_label_values(
@@ -206,7 +192,8 @@ def check_case(
         ref = images[0]
         if case.label is None:
             return problems
-        read = _read(case.label, case.case_id, problems, partial(read_label, values=list(labels)))  # as the stages
+        as_stages = partial(read_label, values=list(labels), like=case.images[0])  # as the stages read it
+        read = _read(case.label, case.case_id, problems, as_stages)
         if read is None:
             return problems
         data, header = read

@@ -84,7 +84,7 @@ def score_case(
 ) -> tuple[list[dict], bool]:
     """One row per class of one predicted case (:func:`case_metrics`) after its provenance and ``extra`` columns
     (group, fold, predict_seconds, ...); and whether the case is a 2D picture without physical spacing."""
-    ref_data, ref_header = read_label(case.label, stored_values(len(labels), values))
+    ref_data, ref_header = read_label(case.label, stored_values(len(labels), values), like=case.images[0])
     ref = to_classes(ref_data, tuple(values)).reshape(pred.shape)
     spacing = [float(z) for z in ref_header.spacing[:3]]
     picture = not ref_header.physical_spacing
@@ -270,7 +270,8 @@ def load_overlay(
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 4:
         image = image[..., 0]
-    reference = to_classes(read_label(case.label, label_values)[0], label_values).reshape(image.shape)
+    reference = read_label(case.label, label_values, like=case.images[0])[0]
+    reference = to_classes(reference, label_values).reshape(image.shape)
     prediction = to_classes(read_array(prediction_file)[0], label_values).reshape(image.shape)
     if not header.physical_spacing and image.ndim == 3 and image.shape[2] == 1:  # a 2D picture, drawn as one
         pixels = (image[..., 0], reference[..., 0], prediction[..., 0])

@@ -136,14 +136,17 @@ def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Mis
     return pairs
 
 
-def read_mask(path: Path, values: Sequence[float] | None = None) -> tuple[np.ndarray, Header]:
+def read_mask(
+    path: Path, values: Sequence[float] | None = None, like: Path | None = None
+) -> tuple[np.ndarray, Header]:
     """A label volume (spatial axes only) and its header; :class:`ScoreError` naming the file if it is not one.
 
     A 2D picture (no physical spacing, one slice) comes back 2D, so it is scored by contours, in pixels. A
-    lossy (JPEG) mask is read as the nearest of ``values`` (the declared label values; None: 0/255).
+    lossy (JPEG) mask is read as the nearest of ``values`` (the declared label values; None: 0/255). ``like``:
+    the scan (or a prediction on its grid) a cropped 3D Slicer segmentation is placed onto (``read_label``).
     """
     try:
-        data, header = read_label(path, values)
+        data, header = read_label(path, values, like)
     except ReadError as err:
         raise ScoreError(f"{path}: {err}") from None
     data = np.asarray(data)
@@ -182,7 +185,7 @@ def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> tuple[
     physical = True
     for pair in tqdm(pairs, desc="check", unit="case", disable=len(pairs) < 20):
         try:
-            ref, ref_header = read_mask(pair.reference, list(labels or ()))
+            ref, ref_header = read_mask(pair.reference, list(labels or ()), pair.image or pair.prediction)
             physical &= ref_header.physical_spacing
             found = set(np.unique(ref).tolist())
             if pair.prediction is not None:
@@ -206,7 +209,7 @@ def check_cases(pairs: list[ScoreCase], labels: dict[int, str] | None) -> tuple[
 
 def score_rows(pair: ScoreCase, labels: dict[int, str], e: EvaluateConfig) -> list[dict]:
     """The per-class metric rows of one case, with the names and SHA-256 of its files."""
-    ref, header = read_mask(pair.reference, list(labels))
+    ref, header = read_mask(pair.reference, list(labels), pair.image or pair.prediction)
     pred = read_mask(pair.prediction)[0] if pair.prediction is not None else np.zeros_like(ref)
     provenance = {
         "case_id": pair.case_id,

@@ -116,7 +116,7 @@ def fingerprint_case(
         row[f"crop_shape_{i}"] = int(crop[ras[i]])
     foreground = np.zeros(spatial, dtype=bool)
     if case.label is not None:
-        label, _ = read_label(case.label, stored_values(len(labels), label_values))
+        label, _ = read_label(case.label, stored_values(len(labels), label_values), like=case.images[0])
         label = to_classes(label, label_values, np.int64).reshape(spatial)
         counts = np.bincount(np.clip(label, 0, None).ravel(), minlength=max(labels, default=0) + 1)
         for k in labels:

@@ -17,8 +17,9 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
+from pipeline.core.geometry import sub_grid_offset
 from pipeline.core.image2d import match_channels
-from pipeline.core.labels import is_identity, stored_values
+from pipeline.core.labels import SLICER_SEGMENTATION, is_identity, stored_values
 from pipeline.preprocessing.pictures import picture_factor
 
 
@@ -75,6 +76,33 @@ class MatchChannelsd(mt.MapTransform):
             if int(x.shape[0]) != self.channels:
                 out = torch.as_tensor(match_channels(np.asarray(x), self.channels), dtype=torch.float32)
                 d[key] = MetaTensor(out, meta=x.meta, applied_operations=x.applied_operations)
+        return d
+
+
+class LabelOnScanGridd(mt.MapTransform):
+    """A channel-first label that holds a block of its scan's grid, read from a 3D Slicer segmentation cropped to its
+    segments, on the scan's whole grid (background elsewhere), as :func:`pipeline.core.labels.read_label` places it
+    given the scan; any other label, or one already on the scan's grid, passes unchanged. Not invertible: only
+    labels, which are never inverted."""
+
+    def __init__(self, label: str = "label", image: str = "image") -> None:
+        super().__init__([label])
+        self.label, self.image = label, image
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        label, image = d[self.label], d[self.image]
+        if not str(label.meta.get("filename_or_obj", "")).lower().endswith(SLICER_SEGMENTATION):
+            return d
+        shape = tuple(int(s) for s in image.shape[1:])
+        offset = sub_grid_offset(image.affine.numpy(), shape, label.affine.numpy(), tuple(label.shape[1:]))
+        if offset is None:
+            return d
+        placed = torch.zeros((label.shape[0], *shape), dtype=label.dtype)
+        placed[(slice(None), *(slice(o, o + n) for o, n in zip(offset, label.shape[1:], strict=True)))] = label
+        meta = {**label.meta, "affine": image.affine.clone(), "spatial_shape": image.meta["spatial_shape"]}
+        meta["original_affine"] = image.meta["original_affine"]
+        d[self.label] = MetaTensor(placed, meta=meta)
         return d
 
 
@@ -139,6 +167,8 @@ def preprocessing(
     if with_label:  # a lossy (JPEG) mask is read as the nearest stored label value (core/labels.py)
         chain.append(load_images(["label"], list(stored_values(num_classes or 0, label_values))))
     chain.append(mt.EnsureChannelFirstd(keys))
+    if with_label:
+        chain.append(LabelOnScanGridd())
     if channels:
         chain.append(MatchChannelsd("image", channels))
     if with_label and not is_identity(label_values):
