@@ -194,3 +194,26 @@ def test_jpeg_reference_masks_are_scored_as_label_values(tmp_path: Path) -> None
     table = pd.read_csv(out / "per_case.csv")
     assert table.class_index.tolist() == [255]
     assert table.dice.iloc[0] > 0.995
+
+
+def test_references_beside_their_scans_as_datasets_come(tmp_path: Path) -> None:
+    """``--ref`` a folder of pictures beside their ``<case>_mask`` files, in category sub-folders as BUSI comes:
+    read as the dataset it is (it was taken for a folder of masks, each picture a second mask of its case)."""
+    from PIL import Image
+
+    mask = np.zeros((24, 32), np.uint8)
+    mask[6:18, 8:20] = 255
+    for kind in ("benign", "normal"):
+        for folder in (tmp_path / "ref" / kind, tmp_path / "pred", tmp_path / f"pred_{kind}"):
+            folder.mkdir(parents=True, exist_ok=True)
+        for i in (1, 2):
+            case = f"{kind} ({i})"
+            Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(tmp_path / "ref" / kind / f"{case}.png")
+            Image.fromarray(mask).save(tmp_path / "ref" / kind / f"{case}_mask.png")
+            for pred in (tmp_path / "pred", tmp_path / f"pred_{kind}"):
+                Image.fromarray(mask).save(pred / f"{case}.png")
+    for pred, ref, n in (("pred", tmp_path / "ref", 4), ("pred_benign", tmp_path / "ref" / "benign", 2)):
+        out = tmp_path / f"score_{ref.name}"
+        assert main(["--pred", str(tmp_path / pred), "--ref", str(ref), "--out", str(out)]) == 0
+        table = pd.read_csv(out / "per_case.csv")
+        assert len(table) == n and (table.dice == 1.0).all()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.config import EvaluateConfig, to_dict
 from pipeline.core.cases import Case, DatasetError
-from pipeline.core.dataset import LABEL_TAGS, read_dataset
+from pipeline.core.dataset import LABEL_TAGS, image_files, mask_case, read_dataset
 from pipeline.core.dataset_json import read_labels
 from pipeline.core.labels import read_label
 from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, strip_suffix
@@ -86,10 +86,17 @@ def mask_files(folder: Path) -> dict[str, Path]:
 
 
 def is_dataset(path: Path) -> bool:
-    """A dataset (manifest, MSD or images/labels folder) rather than a flat folder of masks."""
+    """A dataset (manifest, MSD or images/labels folder, scans beside their ``<case>_mask`` files, or sub-folders
+    of them) rather than a flat folder of masks."""
     if path.suffix.lower() == ".csv" or (path / "manifest.csv").is_file():
         return True
-    return any((path / name).is_dir() for name in ("imagesTr", "images"))
+    if any((path / name).is_dir() for name in ("imagesTr", "images")):
+        return True
+    if not path.is_dir():
+        return False  # mask_files says so
+    files = image_files(path)
+    tagged = sum(mask_case(f.name) is not None for f in files)
+    return not files or 0 < tagged < len(files)
 
 
 def references(ref: Path, labels_file: Path | None = None) -> tuple[dict[str, Case], dict[int, str] | None, str]:
