@@ -199,7 +199,7 @@ def _segment_names(cases: Sequence[Any], found: Sequence[int]) -> dict[int, str]
     for case in cases:
         if wanted <= names.keys():
             break
-        if case.label is None or not case.label.name.lower().endswith(".seg.nrrd"):
+        if case.label is None or not case.label.name.lower().endswith(SLICER_SEGMENTATION):
             continue
         try:
             for value, name in segment_names(case.label).items():

@@ -17,7 +17,7 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
-from pipeline.core.geometry import sub_grid_offset
+from pipeline.core.geometry import place_on_grid, sub_grid_offset
 from pipeline.core.image2d import match_channels
 from pipeline.core.labels import SLICER_SEGMENTATION, is_identity, stored_values
 from pipeline.preprocessing.pictures import picture_factor
@@ -98,11 +98,10 @@ class LabelOnScanGridd(mt.MapTransform):
         offset = sub_grid_offset(image.affine.numpy(), shape, label.affine.numpy(), tuple(label.shape[1:]))
         if offset is None:
             return d
-        placed = torch.zeros((label.shape[0], *shape), dtype=label.dtype)
-        placed[(slice(None), *(slice(o, o + n) for o, n in zip(offset, label.shape[1:], strict=True)))] = label
+        placed = np.moveaxis(place_on_grid(np.moveaxis(label.numpy(), 0, -1), offset, shape), -1, 0)
         meta = {**label.meta, "affine": image.affine.clone(), "spatial_shape": image.meta["spatial_shape"]}
         meta["original_affine"] = image.meta["original_affine"]
-        d[self.label] = MetaTensor(placed, meta=meta)
+        d[self.label] = MetaTensor(torch.as_tensor(placed), meta=meta)
         return d
 
 
