@@ -30,9 +30,12 @@ def sub_grid_offset(
         return None
     if not np.allclose(image_affine[:3, :3], label_affine[:3, :3], atol=1e-4):
         return None
-    start = np.linalg.solve(image_affine, label_affine[:, 3])[: len(image_shape)]
+    try:
+        start = np.linalg.solve(image_affine, label_affine[:, 3])[: len(image_shape)]
+    except np.linalg.LinAlgError:  # a degenerate affine: no grid to place anything on
+        return None
     whole = np.rint(start)
-    if not np.allclose(start, whole, atol=1e-3) or (whole < 0).any():
+    if not np.all(np.isfinite(start)) or not np.allclose(start, whole, atol=1e-3) or (whole < 0).any():
         return None
     offset = tuple(int(v) for v in whole)
     inside = all(o + n <= m for o, n, m in zip(offset, label_shape, image_shape, strict=True))
