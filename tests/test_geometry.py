@@ -11,7 +11,15 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 from test_predictor import LESIONS, _folder, scan, threshold_predictor  # noqa: F401 - scan is a fixture
 
-from pipeline.core.geometry import geometry_record, mapping_from_record, native_mapping, quantize, resample_to_native
+from pipeline.core.geometry import (
+    geometry_record,
+    mapping_from_record,
+    native_mapping,
+    place_on_grid,
+    quantize,
+    resample_to_native,
+    sub_grid_offset,
+)
 from pipeline.inference.predictor import Predictor
 
 
@@ -86,3 +94,28 @@ def test_record_mapping_equals_the_meta_tensor_mapping(scan) -> None:  # noqa: F
     a, b = native_mapping(image), mapping_from_record(geometry_record(image))
     assert np.allclose(a.matrix, b.matrix) and a.native_shape == b.native_shape
     assert a.cut_low == b.cut_low and a.cut_high == b.cut_high and any(a.cut_low + a.cut_high)
+
+
+def test_a_block_of_the_scan_grid_is_found_and_placed_and_nothing_else_is() -> None:
+    """``sub_grid_offset``: a label on the scan's voxel grid, shifted by whole voxels and inside it (a cropped Slicer
+    segmentation), gives its first voxel; half a voxel off, another spacing, outside the scan, equal shapes or a
+    degenerate affine give None. ``place_on_grid`` puts the block there with background around it."""
+    grid = np.diag([0.8, 0.8, 2.0, 1.0])
+    grid[:3, 3] = [-10.0, 5.0, 3.0]
+    block = grid.copy()
+    block[:3, 3] += grid[:3, :3] @ [5, 6, 3]
+    assert sub_grid_offset(grid, (20, 24, 10), block, (6, 8, 4)) == (5, 6, 3)
+    half = block.copy()
+    half[0, 3] += 0.4
+    other = block.copy()
+    other[0, 0] = 1.0
+    assert sub_grid_offset(grid, (20, 24, 10), half, (6, 8, 4)) is None
+    assert sub_grid_offset(grid, (20, 24, 10), other, (6, 8, 4)) is None
+    assert sub_grid_offset(grid, (20, 24, 10), block, (16, 8, 4)) is None  # would reach past the scan
+    assert sub_grid_offset(grid, (20, 24, 10), grid, (20, 24, 10)) is None
+    assert sub_grid_offset(np.zeros((4, 4)), (20, 24, 10), block, (6, 8, 4)) is None
+    data = np.arange(6 * 8 * 4).reshape(6, 8, 4)
+    placed = place_on_grid(data, (5, 6, 3), (20, 24, 10))
+    assert placed.shape == (20, 24, 10) and placed.dtype == data.dtype
+    np.testing.assert_array_equal(placed[5:11, 6:14, 3:7], data)
+    assert placed.sum() == data.sum()
