@@ -325,16 +325,18 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     label_files: dict[str, Path] = {}
     groups: dict[str, str] = {}
     files = image_files(root, recursive=True)
-    if others := [p for p in files if untag(p.name, OTHER_OBSERVER_TAGS) is not None]:
+    others = [p for p in files if untag(p.name, OTHER_OBSERVER_TAGS) is not None]
+    if others:
         logger.info("%d second observer's mask(s) not used (e.g. %s)", len(others), others[0].name)
-        files = [p for p in files if untag(p.name, OTHER_OBSERVER_TAGS) is None]
-    is_label = [mask_case(p.name) is not None for p in files]
+        skip = set(others)
+        files = [p for p in files if p not in skip]
+    masked = [mask_case(p.name) for p in files]  # the case a mask belongs to; None: an image
     folders = [p.relative_to(root).parts[:-1] for p in files]
-    image_folders = [parts for parts, label in zip(folders, is_label, strict=True) if not label]
+    image_folders = [parts for parts, case in zip(folders, masked, strict=True) if case is None]
     shared = len(os.path.commonprefix(image_folders)) if image_folders else 0  # every image is in: not groups
-    for p, parts, label in zip(files, folders, is_label, strict=True):
-        if label:
-            _put(label_files, mask_case(p.name), p, problems)  # type: ignore[arg-type]
+    for p, parts, case in zip(files, folders, masked, strict=True):
+        if case is not None:
+            _put(label_files, case, p, problems)
             continue
         cid = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name)
         _put(images, cid, p, problems)

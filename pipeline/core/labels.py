@@ -94,6 +94,11 @@ def _restore_lossy(
 SLICER_SEGMENTATION = ".seg.nrrd"
 
 
+def is_slicer_segmentation(path: str | Path) -> bool:
+    """True for a 3D Slicer segmentation (``<case>.seg.nrrd``): segment names in its header, maybe cropped."""
+    return str(path).lower().endswith(SLICER_SEGMENTATION)
+
+
 def read_label(
     path: str | Path, values: Sequence[float] | None = None, like: str | Path | None = None
 ) -> tuple[np.ndarray, Header]:
@@ -107,7 +112,7 @@ def read_label(
 
     read = read_array_2d(path, mask=True) if is_image2d(path) else read_array(path)
     data, header = _restore_lossy(*read, path, values)
-    if like is not None and str(path).lower().endswith(SLICER_SEGMENTATION):
+    if like is not None and is_slicer_segmentation(path):
         from pipeline.core.readers import read_header
 
         data, header = on_scan_grid(data, header, read_header(Path(like)))
@@ -199,7 +204,7 @@ def _segment_names(cases: Sequence[Any], found: Sequence[int]) -> dict[int, str]
     for case in cases:
         if wanted <= names.keys():
             break
-        if case.label is None or not case.label.name.lower().endswith(SLICER_SEGMENTATION):
+        if case.label is None or not is_slicer_segmentation(case.label):
             continue
         try:
             for value, name in segment_names(case.label).items():

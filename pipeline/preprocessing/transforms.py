@@ -19,7 +19,7 @@ from monai.data import MetaTensor
 
 from pipeline.core.geometry import place_on_grid, sub_grid_offset
 from pipeline.core.image2d import match_channels
-from pipeline.core.labels import SLICER_SEGMENTATION, is_identity, stored_values
+from pipeline.core.labels import is_identity, is_slicer_segmentation, stored_values
 from pipeline.preprocessing.pictures import picture_factor
 
 
@@ -92,7 +92,7 @@ class LabelOnScanGridd(mt.MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         label, image = d[self.label], d[self.image]
-        if not str(label.meta.get("filename_or_obj", "")).lower().endswith(SLICER_SEGMENTATION):
+        if not is_slicer_segmentation(label.meta.get("filename_or_obj", "")):
             return d
         shape = tuple(int(s) for s in image.shape[1:])
         offset = sub_grid_offset(image.affine.numpy(), shape, label.affine.numpy(), tuple(label.shape[1:]))

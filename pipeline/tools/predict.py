@@ -61,11 +61,12 @@ logger = logging.getLogger("pipeline.tools.predict")
 def _without_masks(files: list[Path]) -> list[Path]:
     """Drop ``<case>_mask`` (``_label``, ``_seg``, a numbered ``_mask_1``) files that lie beside their scan
     ``<case>`` (or its channel files ``<case>_0000``, ``<case>_flair``, ...): masks, not scans."""
-    scans = {strip_suffix(f.name) for f in files if mask_case(f.name) is None}
+    masked = {f: mask_case(f.name) for f in files}  # the case a mask belongs to; None: a scan
+    scans = {strip_suffix(f.name) for f, case in masked.items() if case is None}
     cases = scans | {s.rpartition("_")[0] for s in scans}
-    masks = [f for f in files if (case := mask_case(f.name)) is not None and case in cases]
+    masks = {f for f, case in masked.items() if case is not None and case in cases}
     if masks:
-        logger.info("%d mask file(s) beside their scans skipped (e.g. %s)", len(masks), masks[0].name)
+        logger.info("%d mask file(s) beside their scans skipped (e.g. %s)", len(masks), min(masks).name)
     return [f for f in files if f not in masks]
 
 
