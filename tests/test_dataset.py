@@ -567,3 +567,28 @@ def test_label_masks_in_masks_folder_pair_and_a_missing_label_folder_is_named(tm
     assert folder[0].endswith(
         "(beside it: fov); put the masks in labels/ (names equal to the images', or sharing their leading part)"
     )
+
+
+def test_a_folder_that_only_wraps_the_dataset_is_read_as_the_dataset(tmp_path: Path) -> None:
+    """An archive unpacked into a folder of its own (Task04_Hippocampus/ or DRIVE/ beside __MACOSX/ and a README):
+    the data root may be the folder it was unpacked in; a lone images/ folder is not a wrapper."""
+    _msd(tmp_path / "downloads" / "Task04_Hippocampus", GOOD)
+    (tmp_path / "downloads" / "README.txt").write_text("unpacked here")
+    (tmp_path / "downloads" / "__MACOSX" / "Task04_Hippocampus").mkdir(parents=True)
+    (tmp_path / "downloads" / "__MACOSX" / "Task04_Hippocampus" / "._a.nii.gz").write_bytes(b"\0\5\26\7")
+    info = read_dataset(tmp_path / "downloads", "auto")
+    assert not info.problems and [str(c.label.parent.parent.name) for c in info.cases] == ["Task04_Hippocampus"] * 2
+    # two wrapping levels, DRIVE's training/ + test/ inside
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    drive = tmp_path / "unzipped" / "datasets" / "DRIVE"
+    _png(drive / "training" / "images" / "21_training.png", rgb)
+    _png(drive / "training" / "1st_manual" / "21_manual1.png", mask)
+    _png(drive / "test" / "images" / "01_test.png", rgb)
+    _png(drive / "test" / "1st_manual" / "01_manual1.png", mask)
+    info = read_dataset(tmp_path / "unzipped", "auto")
+    assert not info.problems
+    assert [(c.case_id, c.test) for c in info.cases] == [("21_training", False), ("01_test", True)]
+    # the folder's own structure is not unwrapped: images/ alone still says its label folder is missing
+    _png(tmp_path / "only" / "images" / "1.png", rgb)
+    problems = read_dataset(tmp_path / "only", "auto").problems
+    assert len(problems) == 2 and "no folder of label masks beside images/" in problems[0].problem

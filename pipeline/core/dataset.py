@@ -644,8 +644,39 @@ def detect_layout(root: str | Path) -> str:
     return "folder"
 
 
+#: what an archive unpacked on a Mac holds beside its folder (resource forks), never data
+ARCHIVE_CLUTTER = ("__MACOSX",)
+#: folder names that are part of a dataset's own structure: a root holding only one of them is not a wrapper
+_STRUCTURE_FOLDERS = {
+    n.lower()
+    for n in (*LABEL_FOLDERS, *(v for vs in LABEL_FOLDERS.values() for v in vs), *TRAINING_FOLDERS, *TEST_FOLDERS)
+} | {"imagests", "labelsts"}
+
+
+def dataset_folder(root: str | Path) -> Path:
+    """The dataset folder ``root`` only wraps, else ``root``.
+
+    An archive often unpacks to one folder inside the folder it was unpacked in (``DRIVE/``, ``Task04_Hippocampus/``,
+    maybe beside ``__MACOSX/``): a folder with no ``dataset.json``, manifest or image files of its own and one
+    sub-folder (not one named as part of a dataset, ``images/``, ``training/``, ...) is read as that sub-folder.
+    """
+    path = Path(root)
+    while path.is_dir() and not any((path / n).is_file() for n in ("dataset.json", "manifest.csv")):
+        entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name not in ARCHIVE_CLUTTER]
+        subs = [p for p in entries if p.is_dir() and not is_image_file(p)]
+        if len(subs) != 1 or subs[0].name.lower() in _STRUCTURE_FOLDERS or any(is_image_file(p) for p in entries):
+            break
+        path = subs[0]
+    if path != Path(root):
+        logger.info("%s holds one folder: the dataset is read from %s", root, path)
+    return path
+
+
 def read_dataset(root: str | Path, layout: str = "msd", manifest: str | Path | None = None) -> DatasetInfo:
-    """Dispatch on the configured layout (``msd``, ``folder``, ``csv`` or ``auto``)."""
+    """Dispatch on the configured layout (``msd``, ``folder``, ``csv`` or ``auto``); an MSD or folder dataset
+    inside a folder that only wraps it is read where it is (:func:`dataset_folder`)."""
+    if layout in ("auto", "msd", "folder") and not manifest:
+        root = dataset_folder(root)  # a manifest's paths are relative to the root as given
     if layout == "auto":
         layout = "csv" if manifest else detect_layout(root)
     if layout == "msd":

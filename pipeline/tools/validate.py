@@ -11,7 +11,7 @@ import sys
 
 from pipeline.core import dicom_series
 from pipeline.core.cases import DATASET_ROW, Problem
-from pipeline.core.dataset import read_dataset
+from pipeline.core.dataset import dataset_folder, read_dataset
 from pipeline.core.labels import INFERRED, resolve_labels
 from pipeline.core.readers import add_max_voxels_argument, set_max_voxels
 from pipeline.core.validation import format_problems, summary_line, validate_dataset
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     n_test = sum(c.test for c in info.cases)
     given = f" ({n_test} of them the dataset's own test cases)" if n_test else ""
-    print(f"OK: {len(info.cases)} cases{given} in {args.root} validated, no problems")
+    read = args.root if args.manifest or args.layout == "csv" else dataset_folder(args.root)
+    print(f"OK: {len(info.cases)} cases{given} in {read} validated, no problems")
     return 0
 
 
