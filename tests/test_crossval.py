@@ -123,6 +123,7 @@ def test_test_set_reports_the_ensemble_beside_fold_0(study: dict) -> None:
     assert ens["mean_diff"] == pytest.approx(ens["mean_dice_ensemble"] - ens["mean_dice_single"])
     table = pd.read_csv(study["root"] / "metrics" / ensemble.ENSEMBLE_FILE)
     assert set(table.class_name) == {"organ", "lesion", ensemble.MEAN_CLASS}
+    assert tuple(table.columns) == ensemble.ENSEMBLE_COLUMNS  # as the header a single fold writes
     report = (study["root"] / "metrics" / "report.html").read_text()
     assert "Cross-validation (out-of-fold)" in report and "Ensemble vs single fold" in report
 

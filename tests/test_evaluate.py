@@ -19,6 +19,7 @@ from pipeline.config import from_dict
 from pipeline.core.cases import Case
 from pipeline.core.dataset import read_msd
 from pipeline.evaluation.compare import load_per_case
+from pipeline.evaluation.ensemble import ENSEMBLE_COLUMNS, ENSEMBLE_FILE
 from pipeline.evaluation.evaluator import evaluate
 from pipeline.evaluation.metrics import EmptyPolicy, case_metrics, summarize
 
@@ -191,6 +192,13 @@ def test_the_registered_model_is_the_model_as_evaluated(
         assert calls["register"][-1] == "model_postprocessed"
     else:
         assert "log" not in calls and calls["register"][-1] == "model"
+
+
+def test_one_model_writes_the_ensemble_table_as_its_header_alone(default_run: dict) -> None:
+    """A DVC output either way: never an empty file (DVC warns of one on every single-fold run); no report section."""
+    table = pd.read_csv(default_run["metrics"] / ENSEMBLE_FILE)
+    assert table.empty and tuple(table.columns) == ENSEMBLE_COLUMNS
+    assert "Ensemble vs single fold" not in (default_run["metrics"] / "report.html").read_text()
 
 
 def test_report_and_dvc_plot_file(default_run: dict) -> None:

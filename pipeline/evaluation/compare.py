@@ -146,6 +146,13 @@ def wilcoxon_p(diff: np.ndarray) -> float:
     return float(stats.wilcoxon(d).pvalue)
 
 
+#: the columns of :func:`compare`'s table, one row per class and metric
+TABLE_COLUMNS = (
+    "class_name", "metric", "n_pairs", "mean_a", "mean_b", "mean_diff", "ci95_low", "ci95_high", "wilcoxon_p",
+    "n_bootstrap", "seed",
+)  # fmt: skip
+
+
 def compare(
     a: pd.DataFrame,
     b: pd.DataFrame,
@@ -180,7 +187,7 @@ def compare(
                     "wilcoxon_p": wilcoxon_p(group[f"{m}_diff"].to_numpy(np.float64)),
                 }
             )
-    table = pd.DataFrame(rows).assign(n_bootstrap=n_bootstrap, seed=seed)
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS[:-2])).assign(n_bootstrap=n_bootstrap, seed=seed)
     return table, pairs
 
 

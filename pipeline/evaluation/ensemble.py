@@ -16,13 +16,15 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import Config, EvaluateConfig, fold_name, for_fold
-from pipeline.evaluation.compare import compare
+from pipeline.evaluation.compare import TABLE_COLUMNS, compare
 from pipeline.inference.model_folder import META, POSTPROCESSING
 
 CV_DIR = "cv"  # <metrics_dir>/cv: the pooled out-of-fold table and its summary
 OOF_DIR = "oof"  # <metrics_dir>/oof/fold_<k>: one fold's out-of-fold tables
 ENSEMBLE_FILE = "ensemble_vs_single.csv"
 MEAN_CLASS = "mean over classes"
+#: the columns of ``ensemble_vs_single.csv``: the comparison's, and which folds were the single model and the ensemble
+ENSEMBLE_COLUMNS = (*TABLE_COLUMNS, "single", "ensemble")
 
 
 def fold_model_dirs(cfg: Config) -> list[tuple[int | str, Path]]:

@@ -31,6 +31,7 @@ from pipeline.core.readers import read_array
 from pipeline.core.splits import read_splits
 from pipeline.evaluation.compare import CSV_ARTIFACT, TABLE_ARTIFACT
 from pipeline.evaluation.ensemble import (
+    ENSEMBLE_COLUMNS,
     ENSEMBLE_FILE,
     chosen_postprocessing,
     ensemble_summary,
@@ -184,10 +185,10 @@ def _against_single_fold(
     cfg: Config, cases: Sequence[Case], per_case: pd.DataFrame, folders: list[tuple[Any, Path]], meta: dict
 ) -> pd.DataFrame | None:
     """With an ensemble of folds: the first fold alone on the same cases, compared case by case (written to
-    ``ensemble_vs_single.csv``); else None (and the file left empty)."""
+    ``ensemble_vs_single.csv``); else None (and the file holds only its header)."""
     path = Path(cfg.evaluate.metrics_dir) / ENSEMBLE_FILE
     if len(folders) < 2 or "ensemble" not in meta:
-        io.write_text(path, "")  # a DVC output either way: empty without an ensemble
+        io.write_csv(path, pd.DataFrame(columns=list(ENSEMBLE_COLUMNS)))  # a DVC output either way (never empty)
         return None
     fold, folder = folders[0]
     alone = Predictor(folder, keep_largest=chosen_postprocessing(cfg))

@@ -245,6 +245,7 @@ def results_sections(cfg: Config, model_dirs: Sequence[Path], lock_path: str | P
     if cv:
         parts.append(cv_section(cv))
     path = Path(cfg.evaluate.metrics_dir) / ENSEMBLE_FILE
-    if path.is_file() and path.stat().st_size:  # empty without an ensemble
-        parts.append(ensemble_section(pd.read_csv(path)))
+    table = pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+    if table is not None and not table.empty:  # only its header without an ensemble
+        parts.append(ensemble_section(table))
     return ["\n".join(parts)]
