@@ -588,6 +588,10 @@ def test_a_folder_that_only_wraps_the_dataset_is_read_as_the_dataset(tmp_path: P
     info = read_dataset(tmp_path / "unzipped", "auto")
     assert not info.problems
     assert [(c.case_id, c.test) for c in info.cases] == [("21_training", False), ("01_test", True)]
+    # a folder holding only a link to itself ends the search (no image files there)
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "self").symlink_to(tmp_path / "loop")
+    assert [p.problem for p in read_dataset(tmp_path / "loop", "auto").problems] == ["no image files found"]
     # the folder's own structure is not unwrapped: images/ alone still says its label folder is missing
     _png(tmp_path / "only" / "images" / "1.png", rgb)
     problems = read_dataset(tmp_path / "only", "auto").problems

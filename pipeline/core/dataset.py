@@ -646,6 +646,7 @@ def detect_layout(root: str | Path) -> str:
 
 #: what an archive unpacked on a Mac holds beside its folder (resource forks), never data
 ARCHIVE_CLUTTER = ("__MACOSX",)
+MAX_WRAPPERS = 4  # folders inside folders searched for the dataset (a symlink to its own folder ends there)
 #: folder names that are part of a dataset's own structure: a root holding only one of them is not a wrapper
 _STRUCTURE_FOLDERS = {
     n.lower()
@@ -661,7 +662,9 @@ def dataset_folder(root: str | Path) -> Path:
     sub-folder (not one named as part of a dataset, ``images/``, ``training/``, ...) is read as that sub-folder.
     """
     path = Path(root)
-    while path.is_dir() and not any((path / n).is_file() for n in ("dataset.json", "manifest.csv")):
+    for _ in range(MAX_WRAPPERS):
+        if not path.is_dir() or any((path / n).is_file() for n in ("dataset.json", "manifest.csv")):
+            break
         entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name not in ARCHIVE_CLUTTER]
         subs = [p for p in entries if p.is_dir() and not is_image_file(p)]
         if len(subs) != 1 or subs[0].name.lower() in _STRUCTURE_FOLDERS or any(is_image_file(p) for p in entries):
