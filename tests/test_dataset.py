@@ -596,3 +596,54 @@ def test_a_folder_that_only_wraps_the_dataset_is_read_as_the_dataset(tmp_path: P
     _png(tmp_path / "only" / "images" / "1.png", rgb)
     problems = read_dataset(tmp_path / "only", "auto").problems
     assert len(problems) == 2 and "no folder of label masks beside images/" in problems[0].problem
+
+
+def test_radiology_layouts_as_distributed_kits_lits_btcv_acdc_and_case_folders(tmp_path: Path) -> None:
+    """KiTS: a folder per case, imaging + segmentation (two empty masks byte-identical; instances/ not used); LiTS:
+    volume-N beside segmentation-N; BTCV/Synapse: Training/img/img0001 + Training/label/label0001 beside Testing/;
+    ACDC: <case>_gt; in-house: a folder per patient of named channels beside seg."""
+    for n in range(3):
+        _touch_nii(tmp_path / "kits" / f"case_0000{n}" / "imaging.nii.gz", (n, 7))
+        _touch_nii(tmp_path / "kits" / f"case_0000{n}" / "segmentation.nii.gz", (0, 1) if n else (0,))
+        _touch_nii(tmp_path / "kits" / f"case_0000{n}" / "instances" / "kidney_instance-1_annotation-1.nii.gz")
+    _touch_nii(tmp_path / "kits" / "case_00003" / "segmentation.nii.gz", (0,))  # equal to case_00000's mask
+    _touch_nii(tmp_path / "kits" / "case_00003" / "imaging.nii.gz", (3, 7))
+    info = read_dataset(tmp_path / "kits", "auto")
+    assert not info.problems
+    assert [(c.case_id, c.images[0].name, c.label.name, c.group) for c in info.cases] == [
+        (f"case_0000{n}", "imaging.nii.gz", "segmentation.nii.gz", f"case_0000{n}") for n in range(4)
+    ]
+    for n in range(2):
+        _touch_nii(tmp_path / "lits" / f"volume-{n}.nii", (n, 7))
+        _touch_nii(tmp_path / "lits" / f"segmentation-{n}.nii")
+    info = read_dataset(tmp_path / "lits", "auto")
+    assert not info.problems and [(c.case_id, c.label.name) for c in info.cases] == [
+        ("volume-0", "segmentation-0.nii"),
+        ("volume-1", "segmentation-1.nii"),
+    ]
+    for n in (1, 2):
+        _touch_nii(tmp_path / "RawData" / "Training" / "img" / f"img000{n}.nii.gz", (n, 7))
+        _touch_nii(tmp_path / "RawData" / "Training" / "label" / f"label000{n}.nii.gz")
+    _touch_nii(tmp_path / "RawData" / "Testing" / "img" / "img0061.nii.gz")
+    info = read_dataset(tmp_path / "RawData", "auto")
+    assert not info.problems and [(c.case_id, c.label.name) for c in info.cases] == [
+        ("img0001", "label0001.nii.gz"),
+        ("img0002", "label0002.nii.gz"),
+    ]
+    for frame in ("01", "12"):
+        _touch_nii(tmp_path / "acdc" / "patient001" / f"patient001_frame{frame}.nii.gz", (int(frame), 7))
+        _touch_nii(tmp_path / "acdc" / "patient001" / f"patient001_frame{frame}_gt.nii.gz")
+    info = read_dataset(tmp_path / "acdc", "auto")
+    assert not info.problems and [c.label.name for c in info.cases] == [
+        "patient001_frame01_gt.nii.gz",
+        "patient001_frame12_gt.nii.gz",
+    ]
+    for patient in ("p1", "p2"):
+        for k, name in enumerate(("T1", "flair", "seg")):
+            _touch_nii(tmp_path / "brain" / patient / f"{name}.nii.gz", (k, 7))
+    info = read_dataset(tmp_path / "brain", "auto")
+    assert not info.problems and info.modalities == {0: "flair", 1: "T1"} and info.modalities_declared
+    assert [(c.case_id, [p.name for p in c.images]) for c in info.cases] == [
+        ("p1", ["flair.nii.gz", "T1.nii.gz"]),
+        ("p2", ["flair.nii.gz", "T1.nii.gz"]),
+    ]

@@ -49,6 +49,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_scan(path: Path, seed: int, shape=(40, 36, 12), zooms=(0.9, 0.9, 4.0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     affine = np.diag([-zooms[0], zooms[1], zooms[2], 1.0])
     data = (rng.random(shape) * 200).astype(np.int16)
@@ -429,3 +430,32 @@ def test_a_folder_of_folds_ensembles_only_the_folds_its_pool_stage_listed(tmp_pa
     listed.write_text(json.dumps({"keep_largest_component": [], "folds": ["fold_0", "fold_4"]}))
     with pytest.raises(ModelFolderError, match="fold_4, not found"):
         model_folders(folds)
+
+
+def test_find_cases_names_scans_of_case_folders_and_lits_volumes_and_skips_their_masks(tmp_path: Path) -> None:
+    """KiTS as distributed (case_00210/imaging.nii.gz, names recurring in every case's folder): the folder names the
+    case, its segmentation and its instances/ are not scans; LiTS's volume-N beside segmentation-N; a multi-channel
+    model's named channels in case folders (p1/flair.nii.gz, p1/t1.nii.gz)."""
+    from pipeline.tools.predict import find_cases
+
+    for case in ("case_00210", "case_00211"):
+        small_scan(tmp_path / "kits" / case / "imaging.nii.gz", 0)
+        small_scan(tmp_path / "kits" / case / "segmentation.nii.gz", 1)
+        small_scan(tmp_path / "kits" / case / "instances" / "kidney_instance-1_annotation-1.nii.gz", 1)
+    cases = find_cases(tmp_path / "kits")
+    assert [(c.case_id, c.images[0].name) for c in cases] == [
+        ("case_00210", "imaging.nii.gz"),
+        ("case_00211", "imaging.nii.gz"),
+    ]  # before: two scans named 'imaging', refused, and their masks and instances predicted as scans
+    for n in (0, 1):
+        small_scan(tmp_path / "lits" / f"volume-{n}.nii", 0)
+        small_scan(tmp_path / "lits" / f"segmentation-{n}.nii", 1)
+    assert [c.case_id for c in find_cases(tmp_path / "lits")] == ["volume-0", "volume-1"]
+    for case in ("p1", "p2"):
+        for name in ("t1", "flair", "seg"):
+            small_scan(tmp_path / "brain" / case / f"{name}.nii.gz", 0)
+    cases = find_cases(tmp_path / "brain", 2, ["flair", "t1"])
+    assert [(c.case_id, [p.name for p in c.images]) for c in cases] == [
+        ("p1", ["flair.nii.gz", "t1.nii.gz"]),
+        ("p2", ["flair.nii.gz", "t1.nii.gz"]),
+    ]

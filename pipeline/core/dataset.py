@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 
 from pipeline.core.cases import DATASET_ROW, Case, DatasetError, DatasetInfo, Problem, case_id_problem
@@ -27,7 +27,15 @@ logger = logging.getLogger(__name__)
 
 # flat folder layout: <case>_image.nii.gz next to <case>_label.nii.gz (or _seg / _mask)
 IMAGE_TAGS = ("_image", "_img")
-LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation", "_1stho", ".seg", "-label")
+LABEL_TAGS = ("_label", "_seg", "_mask", "_segmentation", "_gt", "_1stho", ".seg", "-label", "-seg", "-mask")
+# or led by a word naming a label or a scan before the case key: LiTS's segmentation-0 beside volume-0, BTCV's
+# label0001 beside img0001 (a digit, or a separator, after the word)
+LABEL_PREFIX = re.compile(r"(?:segmentation|seg|labels?|masks?|gt)(?:[-_ ]+|(?=\d))(?P<key>[A-Za-z0-9].*)", re.I)
+SCAN_PREFIX = re.compile(
+    r"(?:imaging|images?|img|volume|vol|scan|ct|mri?)(?:[-_ ]+|(?=\d))(?P<key>[A-Za-z0-9].*)", re.I
+)
+# or, in a folder of its own, named only as a label: that folder's mask (KiTS: case_00000/segmentation.nii.gz)
+LABEL_NAMES = ("segmentation", "seg", "label", "labels", "mask", "masks", "gt", "ground_truth", "groundtruth")
 # a second observer's masks beside the first's (CHASE_DB1's <case>_2ndHO): not used, as DRIVE's 2nd_manual/ folder
 OTHER_OBSERVER_TAGS = ("_2ndho",)
 # one file per input channel: <case>_0000, <case>_0001, ... (nnU-Net's convention)
@@ -223,16 +231,18 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
 
 
 def without_copies(files: list[Path]) -> list[Path]:
-    """``files`` without byte-identical copies of an earlier file of the same name, logged once.
+    """``files`` without byte-identical copies of an earlier file of the same name in a folder of the same name,
+    logged once.
 
     An archive can hold a copy of its own folder: kaggle_3m as downloaded unpacks to ``kaggle_3m/`` and
     ``lgg-mri-segmentation/kaggle_3m/``. Read once, its cases are neither duplicate ids nor counted twice.
-    Files of one name that differ stay, and are duplicate case ids.
+    Files of one name that differ stay, and are duplicate case ids; so do equal files in folders named apart (two
+    empty masks, ``case_00001/segmentation.nii.gz`` and ``case_00002/segmentation.nii.gz``, are two cases' masks).
     """
-    first: dict[str, Path] = {}
+    first: dict[tuple[str, str], Path] = {}
     kept, copies = [], []
     for p in files:
-        q = first.setdefault(p.name, p)
+        q = first.setdefault((p.parent.name, p.name), p)
         if q is not p and q.stat().st_size == p.stat().st_size and filecmp.cmp(q, p, shallow=False):
             copies.append((p, q))
         else:
@@ -260,13 +270,56 @@ NUMBERED_MASK = re.compile(rf"(?P<case>.+?)(?:{'|'.join(LABEL_TAGS)})_\d+", re.I
 
 
 def mask_case(name: str) -> str | None:
-    """The case id of a label mask named ``<case>_mask.<ext>`` (or ``_label``, ``_seg``, ``_segmentation``, a first
-    or second observer's ``_1stHO``, ``_2ndHO``), or of a numbered further mask ``<case>_mask_1.<ext>``; None for any
-    other name."""
+    """The case id of a label mask named ``<case>_mask.<ext>`` (or ``_label``, ``_seg``, ``_segmentation``, ``_gt``, a
+    first or second observer's ``_1stHO``, ``_2ndHO``), or of a numbered further mask ``<case>_mask_1.<ext>``, or the
+    case key of ``segmentation-<key>`` (``label<digits>``, ...: :data:`LABEL_PREFIX`); None for any other name."""
     if (case := untag(name, LABEL_TAGS + OTHER_OBSERVER_TAGS)) is not None:
         return case
-    numbered = NUMBERED_MASK.fullmatch(strip_suffix(name))
-    return numbered["case"] if numbered else None
+    stem = strip_suffix(name)
+    if (numbered := NUMBERED_MASK.fullmatch(stem)) is not None:
+        return numbered["case"]
+    led = LABEL_PREFIX.fullmatch(stem)
+    return led["key"] if led else None
+
+
+def scan_key(stem: str) -> str:
+    """What a scan's name says of its case beyond a leading word naming scans (``volume-0``, ``img0001``: ``0``,
+    ``0001``; :data:`SCAN_PREFIX`), else the name."""
+    led = SCAN_PREFIX.fullmatch(stem)
+    return led["key"] if led else stem
+
+
+def is_label_name(path: Path) -> bool:
+    """A file named only as a label mask (``segmentation.nii.gz``, :data:`LABEL_NAMES`)."""
+    return strip_suffix(path.name).lower() in LABEL_NAMES
+
+
+def case_folder_files(
+    files: list[Path], by_recurring_names: bool = False
+) -> tuple[dict[Path, tuple[str, bool]], set[Path]]:
+    """The files of case folders, ``{file: (case key, is a label)}``, and the files in folders inside case folders
+    (not used: KiTS23's ``case_00000/instances/``, a mask per annotator and instance).
+
+    A case folder holds one case, its files named alike in every case (KiTS: ``case_00000/imaging.nii.gz`` beside
+    ``segmentation.nii.gz``): a folder holding a file named only as a label (:func:`is_label_name`), or, with
+    ``by_recurring_names`` (scans without masks, for ``predict``), files whose names recur in other folders. Its label
+    and its one scan take the folder's name; several scans are its channels ``<folder>_<name>`` (``flair``, ``t1``).
+    """
+    folders = {p.parent for p in files if is_label_name(p)}
+    if by_recurring_names:
+        seen: dict[str, set[Path]] = {}
+        for p in files:
+            seen.setdefault(strip_suffix(p.name).lower(), set()).add(p.parent)
+        folders |= {p.parent for p in files if len(seen[strip_suffix(p.name).lower()]) > 1}
+    nested = {p for p in files if any(a in folders for a in p.parents[1:])}
+    kept = [p for p in files if p.parent in folders and p not in nested]
+    labels = {p for p in kept if is_label_name(p) or mask_case(p.name) is not None}
+    scans = Counter(p.parent for p in kept if p not in labels)
+    out = {}
+    for p in kept:
+        one = p in labels or scans[p.parent] == 1
+        out[p] = (p.parent.name if one else f"{p.parent.name}_{strip_suffix(p.name)}", p in labels)
+    return out, nested
 
 
 def _by_stem(files: list[Path], problems: list[Problem]) -> dict[str, Path]:
@@ -293,22 +346,36 @@ def _leading(stem: str) -> str:
     return re.split(r"[_\-. ]", stem, maxsplit=1)[0]
 
 
-def _pair_by_leading_part(images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
-    """Labels re-keyed to their image when names differ only after a shared leading part (DRIVE's
-    ``21_training.tif`` and ``21_manual1.gif``): only when that part names one image and one label, both unpaired."""
+def _pair_by(
+    images: dict[str, Path],
+    label_files: dict[str, Path],
+    image_key: Callable[[str], str],
+    label_key: Callable[[str], str],
+    how: str,
+) -> dict[str, Path]:
+    """Labels re-keyed to their image when the two keys agree: only when a key names one unpaired image and one
+    unpaired label."""
     lone_images = [s for s in images if s not in label_files]
     lone_labels = [s for s in label_files if s not in images]
-    by_image = {_leading(s): s for s in lone_images}
-    by_label = {_leading(s): s for s in lone_labels}
+    by_image = {image_key(s): s for s in lone_images}
+    by_label = {label_key(s): s for s in lone_labels}
     if len(by_image) < len(lone_images) or len(by_label) < len(lone_labels):
-        return label_files  # a leading part shared by two files: no guessing
+        return label_files  # a key shared by two files: no guessing
     paired = {by_image[k]: by_label[k] for k in by_image.keys() & by_label.keys()}
     if paired:
         example = next(iter(sorted(paired.items())))
-        logger.info("paired %d image(s) with labels by their leading name part (e.g. %s <- %s)", len(paired), *example)
+        logger.info("paired %d image(s) with labels by %s (e.g. %s <- %s)", len(paired), how, *example)
     out = {s: p for s, p in label_files.items() if s not in paired.values()}
     out.update({image: label_files[label] for image, label in paired.items()})
     return out
+
+
+def _pair_by_name_parts(images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
+    """Labels re-keyed to their image when the names differ in a leading word naming scans (LiTS's ``volume-0`` and
+    ``segmentation-0``, keyed ``0`` as a label) or only after a shared leading part (DRIVE's ``21_training.tif`` and
+    ``21_manual1.gif``): each only when it names one unpaired image and one unpaired label."""
+    label_files = _pair_by(images, label_files, scan_key, str, "the name after a word naming scans")
+    return _pair_by(images, label_files, _leading, _leading, "their leading name part")
 
 
 #: fewest sub-folders of a folder layout taken as case groups (patients): fewer are categories (BUSI's ``benign/``,
@@ -330,7 +397,14 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
         logger.info("%d second observer's mask(s) not used (e.g. %s)", len(others), others[0].name)
         skip = set(others)
         files = [p for p in files if p not in skip]
-    masked = [mask_case(p.name) for p in files]  # the case a mask belongs to; None: an image
+    in_case_folders, nested = case_folder_files(files)
+    if nested:
+        logger.info("%d file(s) in folders inside case folders not used (e.g. %s)", len(nested), min(nested))
+        files = [p for p in files if p not in nested]
+    masked = []  # the case a mask belongs to; None: an image
+    for p in files:
+        key, is_label = in_case_folders.get(p, (mask_case(p.name), True))
+        masked.append(key if is_label else None)
     folders = [p.relative_to(root).parts[:-1] for p in files]
     image_folders = [parts for parts, case in zip(folders, masked, strict=True) if case is None]
     shared = len(os.path.commonprefix(image_folders)) if image_folders else 0  # every image is in: not groups
@@ -338,12 +412,15 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
         if case is not None:
             _put(label_files, case, p, problems)
             continue
-        cid = untag(p.name, IMAGE_TAGS) or strip_suffix(p.name)
+        cid = in_case_folders[p][0] if p in in_case_folders else untag(p.name, IMAGE_TAGS) or strip_suffix(p.name)
         _put(images, cid, p, problems)
         if len(parts) > shared:
             groups[cid] = parts[shared]
             if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
                 groups.setdefault(channel["case"], groups[cid])
+            if p in in_case_folders:  # a case folder's channel <folder>_<name>: the folder's group
+                groups.setdefault(p.parent.name, groups[cid])
+    label_files = _pair_by(images, label_files, scan_key, str, "the name after a word naming scans")
     return images, label_files, groups
 
 
@@ -374,11 +451,12 @@ TRAINING_FOLDERS = ("training", "train")
 
 
 def _training_folder(root: Path) -> Path | None:
-    """The ``training/`` (``train/``) sub-folder of ``root`` holding an image folder, when ``root`` has none."""
+    """The ``training/`` (``train/``) sub-folder of ``root`` holding an image folder, or a folder of images beside
+    one of masks (:func:`_named_pair`: Synapse's ``Training/img/`` + ``Training/label/``), when ``root`` has none."""
     if any((root / name).is_dir() for name in LABEL_FOLDERS):
         return None
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in TRAINING_FOLDERS):
-        if any((sub / name).is_dir() for name in LABEL_FOLDERS):
+        if any((sub / name).is_dir() for name in LABEL_FOLDERS) or _named_pair(sub) is not None:
             return sub
     return None
 
@@ -441,25 +519,16 @@ def _read_folder(root: Path, home: Path) -> DatasetInfo:
             images, label_files = _paired_files(root / images_name, root / labels_name, problems)
             if (test_dirs := _test_folders(root, home, images_name, labels_name)) is not None:
                 test_images, test_labels = _paired_files(*test_dirs, problems)
-                test = _cases(test_images, test_labels, {}, problems, unlabelled_ok=True)
+                test = _cases(test_images, test_labels, {}, problems, unlabelled_ok=True)[0]
     if not images:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
-    cases = _without_category_groups(_cases(images, label_files, groups, problems))
-    cases += [dataclasses.replace(c, test=True) for c in test]
+    cases, names = _cases(images, label_files, groups, problems)
+    cases = _without_category_groups(cases) + [dataclasses.replace(c, test=True) for c in test]
     if test:
         _check_unique(cases, test_dirs[0], problems)  # type: ignore[index]
-    named = _named_modalities(cases)
-    modalities = named or {0: "MR"}
-    return DatasetInfo(root.name, labels, modalities, tuple(cases), tuple(problems), labels_source, values, bool(named))
-
-
-def _named_modalities(cases: list[Case]) -> dict[int, str]:
-    """``{channel: name}`` of cases read from named channel files (``<case>_flair``, ...), else empty."""
-    for case in cases:
-        found = [named_channel(strip_suffix(p.name), {case.case_id}) for p in case.images]
-        if len(case.images) > 1 and all(found):
-            return {k: f[1] for k, f in enumerate(found)}  # type: ignore[index]
-    return {}
+    named = len(names) > 1  # channels named by their files (<case>_flair, <case>/t1.nii.gz), not one image
+    modalities = dict(enumerate(names)) if named else {0: "MR"}
+    return DatasetInfo(root.name, labels, modalities, tuple(cases), tuple(problems), labels_source, values, named)
 
 
 #: folders beside ``training/`` holding the dataset's own test cases (DRIVE: ``test/images/``, ``test/1st_manual/``)
@@ -490,7 +559,7 @@ def _paired_files(
     label_files: dict[str, Path] = {}
     for p in image_files(labels_dir):
         _put(label_files, mask_case(p.name) or strip_suffix(p.name), p, problems)
-    return images, _pair_by_leading_part(images, label_files)
+    return images, _pair_by_name_parts(images, label_files)
 
 
 #: words that name a folder of label masks, whatever else its name says (``Ground Truth``, ``labels-ah``)
@@ -527,11 +596,12 @@ def _cases(
     groups: dict[str, str],
     problems: list[Problem],
     unlabelled_ok: bool = False,
-) -> list[Case]:
-    """The cases of paired image and label files; an image without a label (unless ``unlabelled_ok``: a test
-    image left for ``predict``) or a label without an image is a problem."""
+) -> tuple[list[Case], list[str]]:
+    """The cases of paired image and label files, and the names of their channels when named channel files make
+    them (:func:`_group_channels`); an image without a label (unless ``unlabelled_ok``: a test image left for
+    ``predict``) or a label without an image is a problem."""
     cases = []
-    grouped, claimed = _group_channels(images, label_files, problems)
+    grouped, claimed, names = _group_channels(images, label_files, problems)
     for cid, files in sorted(grouped.items()):
         if (bad := case_id_problem(cid)) is not None:
             problems.append(Problem(DATASET_ROW, str(files[0]), bad))
@@ -545,7 +615,7 @@ def _cases(
     for cid, label in sorted(label_files.items()):
         if cid not in claimed:
             problems.append(Problem(cid, str(label), "no image file for this label"))
-    return cases
+    return cases, names
 
 
 def _no_label_folder(root: Path, images_name: str, labels_names: tuple[str, ...]) -> Problem:
@@ -582,11 +652,11 @@ def named_channel(stem: str, case_ids: Container[str]) -> tuple[str, str] | None
 
 def _group_channels(
     images: dict[str, Path], label_files: dict[str, Path], problems: list[Problem]
-) -> tuple[dict[str, list[Path]], set[str]]:
+) -> tuple[dict[str, list[Path]], set[str], list[str]]:
     """Image files by case: ``<case>_0000``, ``<case>_0001``, ... of a labelled ``<case>`` become one case, and so
     do named channels ``<case>_flair``, ``<case>_t1``, ... of a labelled ``<case>`` that has no image of its own,
     in the order of their names, the same names for every case (see :func:`channel_names`). Also returns the
-    case ids some image file belongs to (a case whose channels are incomplete included)."""
+    case ids some image file belongs to (a case whose channels are incomplete included), and those names."""
     cases: dict[str, list[Path]] = {}
     channels: dict[str, dict[int, Path]] = {}
     named: dict[str, dict[str, Path]] = {}
@@ -615,7 +685,7 @@ def _group_channels(
             problems.append(Problem(cid, str(files[min(files)]), f"missing channel file(s) {absent}"))
             continue
         cases[cid] = [files[c] for c in range(len(files))]
-    return cases, claimed
+    return cases, claimed, names
 
 
 def channel_names(named: dict[str, dict[str, Path]]) -> list[str]:

@@ -39,9 +39,11 @@ from pipeline.core.cases import Case
 from pipeline.core.dataset import (
     CHANNEL_FILE,
     CHANNEL_NAME,
+    case_folder_files,
     channel_name_of,
     image_files,
     mask_case,
+    scan_key,
     scans_folder,
 )
 from pipeline.core.readers import (
@@ -58,16 +60,31 @@ from pipeline.inference.predictor import Prediction, Predictor, UnreadableScanEr
 logger = logging.getLogger("pipeline.tools.predict")
 
 
-def _without_masks(files: list[Path]) -> list[Path]:
-    """Drop ``<case>_mask`` (``_label``, ``_seg``, a numbered ``_mask_1``) files that lie beside their scan
-    ``<case>`` (or its channel files ``<case>_0000``, ``<case>_flair``, ...): masks, not scans."""
-    masked = {f: mask_case(f.name) for f in files}  # the case a mask belongs to; None: a scan
+def _stem(path: Path) -> str:
+    """A scan file's name without its suffix; a DICOM series folder's whole name."""
+    return path.name if path.is_dir() else strip_suffix(path.name)
+
+
+def _scan_ids(files: list[Path]) -> dict[Path, str]:
+    """``{scan: the name it goes by}``: its name, or in a case folder (names that recur in other folders, KiTS's
+    ``case_00210/imaging.nii.gz``: :func:`~pipeline.core.dataset.case_folder_files`) its folder's name, or
+    ``<folder>_<name>`` for one of several channel files. Masks are not scans: ``<case>_mask`` (``_label``, ``_seg``,
+    a numbered ``_mask_1``, ``segmentation-<key>``) files beside their scan ``<case>`` (or its channel files
+    ``<case>_0000``, ``<case>_flair``, ...), and a case folder's ``segmentation``; nor files in folders inside a
+    case folder."""
+    in_folders, nested = case_folder_files(files, by_recurring_names=True)
+    rest = [f for f in files if f not in in_folders and f not in nested]
+    masked = {f: mask_case(f.name) for f in rest}  # the case a mask belongs to; None: a scan
     scans = {strip_suffix(f.name) for f, case in masked.items() if case is None}
-    cases = scans | {s.rpartition("_")[0] for s in scans}
+    cases = scans | {s.rpartition("_")[0] for s in scans} | {scan_key(s) for s in scans}
     masks = {f for f, case in masked.items() if case is not None and case in cases}
+    masks |= {f for f, (_, is_label) in in_folders.items() if is_label}
     if masks:
         logger.info("%d mask file(s) beside their scans skipped (e.g. %s)", len(masks), min(masks).name)
-    return [f for f in files if f not in masks]
+    if nested:
+        logger.info("%d file(s) in folders inside case folders skipped (e.g. %s)", len(nested), min(nested))
+    ids = {f: key for f, (key, _) in in_folders.items()} | {f: _stem(f) for f in rest}
+    return {f: ids[f] for f in files if f in ids and f not in masks}
 
 
 def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = ()) -> list[Case]:
@@ -87,26 +104,27 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
         logger.info("%s: the scans of %s/ (the folders beside it hold masks)", path, scans.name)
         path = scans
     if path.is_dir() and not dicom_series.holds_dicom_files(path):  # a folder of scans (not a DICOM series folder)
-        files = _without_masks(image_files(path, recursive=True))  # DICOM series folders are scans too
+        ids = _scan_ids(image_files(path, recursive=True))  # DICOM series folders are scans too
     else:
-        files = [path]
+        ids = {path: _stem(path)}
+    files = list(ids)
     if not files:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) or DICOM series folders")
     if in_channels == 1:
-        return [Case(f.name if f.is_dir() else strip_suffix(f.name), (f,)) for f in files]
+        return [Case(ids[f], (f,)) for f in files]
     groups: dict[str, dict[int, Path]] = {}
     cases = []
     named = len(channel_names) == in_channels and all(CHANNEL_NAME.fullmatch(n) for n in channel_names)
     index = {name.lower(): k for k, name in enumerate(channel_names)} if named else {}
     for f in files:
-        m = CHANNEL_FILE.match(strip_suffix(f.name))
-        named_file = channel_name_of(strip_suffix(f.name))
+        m = CHANNEL_FILE.match(ids[f])
+        named_file = channel_name_of(ids[f])
         if m is not None:
             groups.setdefault(m["case"], {})[int(m["channel"])] = f
         elif named_file is not None and named_file[1].lower() in index:  # a named channel file
             groups.setdefault(named_file[0], {})[index[named_file[1].lower()]] = f
         else:  # one file holding every channel
-            cases.append(Case(strip_suffix(f.name), (f,)))
+            cases.append(Case(ids[f], (f,)))
     for cid, chans in sorted(groups.items()):
         if sorted(chans) != list(range(in_channels)):
             raise FileNotFoundError(f"{cid}: expected channels 0..{in_channels - 1}, found {sorted(chans)}")
