@@ -647,3 +647,32 @@ def test_radiology_layouts_as_distributed_kits_lits_btcv_acdc_and_case_folders(t
         ("p1", ["flair.nii.gz", "T1.nii.gz"]),
         ("p2", ["flair.nii.gz", "T1.nii.gz"]),
     ]
+
+
+def test_bids_names_pair_by_session_with_channels_named_by_suffix_and_patients_grouped(tmp_path: Path) -> None:
+    """ISLES 2022 (sub-X/ses-Y/dwi/..._dwi and _adc, masks ..._msk under derivatives/) and ATLAS 2.0 (one T1w beside
+    its ..._label-L_desc-T1lesion_mask, sites as folders): a case per session, grouped by subject (two subjects are
+    patients, not categories)."""
+    for n in (1, 2):
+        for ses in ("0001", "0002"):
+            base = f"sub-strokecase000{n}_ses-{ses}"
+            folder = tmp_path / "isles" / f"sub-strokecase000{n}" / f"ses-{ses}" / "dwi"
+            _touch_nii(folder / f"{base}_dwi.nii.gz", (n, 7))
+            _touch_nii(folder / f"{base}_adc.nii.gz", (n, 8))
+            derivatives = tmp_path / "isles" / "derivatives" / f"sub-strokecase000{n}" / f"ses-{ses}"
+            _touch_nii(derivatives / f"{base}_msk.nii.gz")
+    info = read_dataset(tmp_path / "isles", "auto")
+    assert not info.problems and info.modalities == {0: "adc", 1: "dwi"}
+    assert [(c.case_id, c.group, c.images[1].name) for c in info.cases[:2]] == [
+        ("sub-strokecase0001_ses-0001", "sub-strokecase0001", "sub-strokecase0001_ses-0001_dwi.nii.gz"),
+        ("sub-strokecase0001_ses-0002", "sub-strokecase0001", "sub-strokecase0001_ses-0002_dwi.nii.gz"),
+    ]
+    for site, sub in (("R001", "r001s001"), ("R002", "r002s001")):
+        anat = tmp_path / "atlas" / "Training" / site / f"sub-{sub}" / "ses-1" / "anat"
+        _touch_nii(anat / f"sub-{sub}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz", (int(sub[-1]), int(sub[3])))
+        _touch_nii(anat / f"sub-{sub}_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz")
+    info = read_dataset(tmp_path / "atlas", "auto")
+    assert not info.problems and [(c.case_id, c.group) for c in info.cases] == [
+        ("sub-r001s001_ses-1", "sub-r001s001"),  # the subject, not the site folder
+        ("sub-r002s001_ses-1", "sub-r002s001"),
+    ]

@@ -459,3 +459,22 @@ def test_find_cases_names_scans_of_case_folders_and_lits_volumes_and_skips_their
         ("p1", ["flair.nii.gz", "t1.nii.gz"]),
         ("p2", ["flair.nii.gz", "t1.nii.gz"]),
     ]
+
+
+def test_find_cases_reads_bids_sessions_and_skips_their_masks(tmp_path: Path) -> None:
+    """BIDS test data: a session's scans are its channels (named by suffix), its case the session; masks skipped."""
+    from pipeline.tools.predict import find_cases
+
+    for sub in ("sub-01", "sub-02"):
+        anat = tmp_path / sub / "ses-1" / "anat"
+        small_scan(anat / f"{sub}_ses-1_FLAIR.nii.gz", 0)
+        small_scan(anat / f"{sub}_ses-1_T1w.nii.gz", 1)
+        small_scan(anat / f"{sub}_ses-1_label-lesion_mask.nii.gz", 2)
+    cases = find_cases(tmp_path, 2, ["FLAIR", "T1w"])
+    assert [(c.case_id, [p.name for p in c.images]) for c in cases] == [
+        ("sub-01_ses-1", ["sub-01_ses-1_FLAIR.nii.gz", "sub-01_ses-1_T1w.nii.gz"]),
+        ("sub-02_ses-1", ["sub-02_ses-1_FLAIR.nii.gz", "sub-02_ses-1_T1w.nii.gz"]),
+    ]
+    for p in tmp_path.rglob("*_FLAIR.nii.gz"):
+        p.unlink()
+    assert [c.case_id for c in find_cases(tmp_path)] == ["sub-01_ses-1", "sub-02_ses-1"]  # named as training named it

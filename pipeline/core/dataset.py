@@ -289,6 +289,36 @@ def scan_key(stem: str) -> str:
     return led["key"] if led else stem
 
 
+#: BIDS file names (``sub-01_ses-1_acq-pre_T1w``): ``key-value`` entities, then a suffix naming the image
+BIDS_NAME = re.compile(r"(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z]+-[A-Za-z0-9]+)*)_(?P<suffix>[A-Za-z][A-Za-z0-9]*)")
+BIDS_LABEL_SUFFIXES = ("mask", "msk", "dseg", "roi", "seg", "label", "lesion")  # ATLAS's _mask, ISLES's _msk
+BIDS_CASE_ENTITIES = ("sub", "ses", "run")  # one case: a subject's session (and run)
+BIDS_CHANNEL_ENTITIES = ("acq", "ce", "rec")  # with the suffix, they name a channel (acq-pre_T1w: T1wpre)
+
+
+@dataclasses.dataclass(frozen=True)
+class BidsName:
+    """What a BIDS file name says: its case (``sub-01_ses-1``), subject, channel (``T1w``, ``FLAIR``, ``dwi``) and
+    whether its suffix names a label mask (:data:`BIDS_LABEL_SUFFIXES`); ``space-``, ``desc-``, ``label-`` are left
+    out."""
+
+    case: str
+    subject: str
+    channel: str
+    is_label: bool
+
+
+def bids_name(stem: str) -> BidsName | None:
+    """The :class:`BidsName` of a file stem named as BIDS names files, else None."""
+    found = BIDS_NAME.fullmatch(stem)
+    if found is None:
+        return None
+    entities = dict(e.split("-", 1) for e in found["entities"].split("_"))
+    case = "_".join(f"{k}-{entities[k]}" for k in BIDS_CASE_ENTITIES if k in entities)
+    channel = found["suffix"] + "".join(entities[k] for k in BIDS_CHANNEL_ENTITIES if k in entities)
+    return BidsName(case, f"sub-{entities['sub']}", channel, found["suffix"].lower() in BIDS_LABEL_SUFFIXES)
+
+
 def is_label_name(path: Path) -> bool:
     """A file named only as a label mask (``segmentation.nii.gz``, :data:`LABEL_NAMES`)."""
     return strip_suffix(path.name).lower() in LABEL_NAMES
@@ -401,38 +431,56 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
     if nested:
         logger.info("%d file(s) in folders inside case folders not used (e.g. %s)", len(nested), min(nested))
         files = [p for p in files if p not in nested]
-    masked = []  # the case a mask belongs to; None: an image
-    for p in files:
-        key, is_label = in_case_folders.get(p, (mask_case(p.name), True))
-        masked.append(key if is_label else None)
+    roles = [_role(p, in_case_folders) for p in files]
     folders = [p.relative_to(root).parts[:-1] for p in files]
-    image_folders = [parts for parts, case in zip(folders, masked, strict=True) if case is None]
+    image_folders = [parts for parts, (_, is_label, _) in zip(folders, roles, strict=True) if not is_label]
     shared = len(os.path.commonprefix(image_folders)) if image_folders else 0  # every image is in: not groups
-    for p, parts, case in zip(files, folders, masked, strict=True):
-        if case is not None:
-            _put(label_files, case, p, problems)
+    for p, parts, (key, is_label, bids) in zip(files, folders, roles, strict=True):
+        if is_label:
+            _put(label_files, key, p, problems)
             continue
-        cid = in_case_folders[p][0] if p in in_case_folders else untag(p.name, IMAGE_TAGS) or strip_suffix(p.name)
-        _put(images, cid, p, problems)
-        if len(parts) > shared:
-            groups[cid] = parts[shared]
-            if (channel := CHANNEL_FILE.match(cid)) is not None:  # <case>_0000: the case's group
-                groups.setdefault(channel["case"], groups[cid])
+        _put(images, key, p, problems)
+        if bids is not None:  # a BIDS name's subject: its sessions stay together
+            groups[key] = groups[bids.case] = bids.subject
+        elif len(parts) > shared:
+            groups[key] = parts[shared]
+            if (channel := CHANNEL_FILE.match(key)) is not None:  # <case>_0000: the case's group
+                groups.setdefault(channel["case"], groups[key])
             if p in in_case_folders:  # a case folder's channel <folder>_<name>: the folder's group
-                groups.setdefault(p.parent.name, groups[cid])
+                groups.setdefault(p.parent.name, groups[key])
     label_files = _pair_by(images, label_files, scan_key, str, "the name after a word naming scans")
     return images, label_files, groups
+
+
+def _role(path: Path, in_case_folders: dict[Path, tuple[str, bool]]) -> tuple[str, bool, BidsName | None]:
+    """``(key, is a label, its BIDS name)`` of a file of a flat folder: a case folder's (:func:`case_folder_files`),
+    a BIDS name's (:func:`bids_name`: a label keyed by its case, a scan as the channel ``<case>_<name>``), a tagged
+    mask's (:func:`mask_case`), else an image keyed by its name (an ``_image`` tag left out)."""
+    if path in in_case_folders:
+        return *in_case_folders[path], None
+    stem = strip_suffix(path.name)
+    if (bids := bids_name(stem)) is not None:
+        return (bids.case if bids.is_label else f"{bids.case}_{bids.channel}"), bids.is_label, bids
+    if (case := mask_case(path.name)) is not None:
+        return case, True, None
+    return untag(path.name, IMAGE_TAGS) or stem, False, None
 
 
 def _without_category_groups(cases: list[Case]) -> list[Case]:
     """``cases`` without their folder groups when fewer than :data:`MIN_FOLDER_GROUPS` folders hold several cases
     each: categories (BUSI's ``benign/``, ``malignant/``, ``normal/``), not patients."""
-    groups = [c.group for c in cases if c.group is not None]
-    names = sorted(set(groups))
-    if len(names) >= MIN_FOLDER_GROUPS or len(names) == len(groups):  # patients, or one case per folder
+    by_folder = [c for c in cases if c.group is not None and not _bids_subject(c)]
+    names = sorted({c.group for c in by_folder})  # type: ignore[type-var]
+    if len(names) >= MIN_FOLDER_GROUPS or len(names) == len(by_folder):  # patients, or one case per folder
         return cases
     logger.info("%d sub-folder(s) (%s): categories, not patients; split case by case", len(names), ", ".join(names))
-    return [dataclasses.replace(c, group=None) for c in cases]
+    return [dataclasses.replace(c, group=None) if c in by_folder else c for c in cases]
+
+
+def _bids_subject(case: Case) -> bool:
+    """``case``'s group is the subject its BIDS file names say (a patient however few there are)."""
+    bids = bids_name(strip_suffix(case.images[0].name))
+    return bids is not None and bids.subject == case.group
 
 
 #: an image folder and the folders its label masks may be in, the first found: annotation folders as 2D sets come

@@ -39,6 +39,7 @@ from pipeline.core.cases import Case
 from pipeline.core.dataset import (
     CHANNEL_FILE,
     CHANNEL_NAME,
+    bids_name,
     case_folder_files,
     channel_name_of,
     image_files,
@@ -74,9 +75,13 @@ def _scan_ids(files: list[Path]) -> dict[Path, str]:
     case folder."""
     in_folders, nested = case_folder_files(files, by_recurring_names=True)
     rest = [f for f in files if f not in in_folders and f not in nested]
-    masked = {f: mask_case(f.name) for f in rest}  # the case a mask belongs to; None: a scan
-    scans = {strip_suffix(f.name) for f, case in masked.items() if case is None}
+    bids = {f: b for f in rest if (b := bids_name(_stem(f))) is not None}
+    masked = {  # the case a mask belongs to; None: a scan
+        f: (bids[f].case if bids[f].is_label else None) if f in bids else mask_case(f.name) for f in rest
+    }
+    scans = {_stem(f) for f, case in masked.items() if case is None}
     cases = scans | {s.rpartition("_")[0] for s in scans} | {scan_key(s) for s in scans}
+    cases |= {b.case for b in bids.values() if not b.is_label}
     masks = {f for f, case in masked.items() if case is not None and case in cases}
     masks |= {f for f, (_, is_label) in in_folders.items() if is_label}
     if masks:
@@ -84,6 +89,7 @@ def _scan_ids(files: list[Path]) -> dict[Path, str]:
     if nested:
         logger.info("%d file(s) in folders inside case folders skipped (e.g. %s)", len(nested), min(nested))
     ids = {f: key for f, (key, _) in in_folders.items()} | {f: _stem(f) for f in rest}
+    ids |= {f: f"{b.case}_{b.channel}" for f, b in bids.items()}  # a BIDS scan: a channel of its session
     return {f: ids[f] for f in files if f in ids and f not in masks}
 
 
@@ -110,8 +116,8 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
     files = list(ids)
     if not files:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) or DICOM series folders")
-    if in_channels == 1:
-        return [Case(ids[f], (f,)) for f in files]
+    if in_channels == 1:  # a BIDS scan is its session's one channel
+        return [Case(b.case if (b := bids_name(ids[f])) is not None else ids[f], (f,)) for f in files]
     groups: dict[str, dict[int, Path]] = {}
     cases = []
     named = len(channel_names) == in_channels and all(CHANNEL_NAME.fullmatch(n) for n in channel_names)
