@@ -676,3 +676,26 @@ def test_bids_names_pair_by_session_with_channels_named_by_suffix_and_patients_g
         ("sub-r001s001_ses-1", "sub-r001s001"),  # the subject, not the site folder
         ("sub-r002s001_ses-1", "sub-r002s001"),
     ]
+
+
+def test_images_and_masks_in_a_sub_folder_per_patient_are_paired_place_by_place(tmp_path: Path) -> None:
+    """images/P1/001.png beside masks/P1/001.png (names recurring across patients: keyed P1_001), grouped by patient;
+    Original/<patient>/ beside Ground Truth/<patient>/ as well (before: 'no image files found')."""
+    rgb, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for n in range(1, 6):
+        for s in ("001", "002"):
+            _png(tmp_path / "set" / "images" / f"P{n}" / f"{s}.png", rgb + n)
+            _png(tmp_path / "set" / "masks" / f"P{n}" / f"{s}.png", mask)
+            _png(tmp_path / "cvc" / "Original" / f"P{n}" / f"{s}.png", rgb + n)
+            _png(tmp_path / "cvc" / "Ground Truth" / f"P{n}" / f"{s}.png", mask)
+    for name in ("set", "cvc"):
+        info = read_dataset(tmp_path / name, "auto")
+        assert not info.problems and len(info.cases) == 10
+        assert [(c.case_id, c.group, c.label.parent.name) for c in info.cases[:2]] == [
+            ("P1_001", "P1", "P1"),
+            ("P1_002", "P1", "P1"),
+        ]
+    # a mask in another patient's folder is not this case's
+    (tmp_path / "set" / "masks" / "P5" / "002.png").rename(tmp_path / "set" / "masks" / "P4" / "009.png")
+    problems = read_dataset(tmp_path / "set", "auto").problems
+    assert sorted(p.case_id for p in problems) == ["P4_009", "P5_002"]

@@ -555,7 +555,7 @@ def _read_folder(root: Path, home: Path) -> DatasetInfo:
     images_name = next((name for name in LABEL_FOLDERS if (root / name).is_dir()), None)
     if images_name is None and (pair := _named_pair(root)) is not None:
         logger.info("%s: images in %s/, their masks in %s/", root, pair[0].name, pair[1].name)
-        images, label_files = _paired_files(*pair, problems)
+        images, label_files, groups = _paired_files(*pair, problems)
     elif images_name is None:
         images, label_files, groups = _flat_files(root, problems)
     else:
@@ -564,10 +564,10 @@ def _read_folder(root: Path, home: Path) -> DatasetInfo:
             problems.append(_no_label_folder(root, images_name, LABEL_FOLDERS[images_name]))
             images, label_files = _by_stem(image_files(root / images_name), problems), {}
         else:
-            images, label_files = _paired_files(root / images_name, root / labels_name, problems)
+            images, label_files, groups = _paired_files(root / images_name, root / labels_name, problems)
             if (test_dirs := _test_folders(root, home, images_name, labels_name)) is not None:
-                test_images, test_labels = _paired_files(*test_dirs, problems)
-                test = _cases(test_images, test_labels, {}, problems, unlabelled_ok=True)[0]
+                test_images, test_labels, test_groups = _paired_files(*test_dirs, problems)
+                test = _cases(test_images, test_labels, test_groups, problems, unlabelled_ok=True)[0]
     if not images:
         problems.append(Problem(DATASET_ROW, str(root), "no image files found"))
     cases, names = _cases(images, label_files, groups, problems)
@@ -600,14 +600,30 @@ def _test_folders(root: Path, home: Path, images_name: str, labels_name: str) ->
 
 def _paired_files(
     images_dir: Path, labels_dir: Path, problems: list[Problem]
-) -> tuple[dict[str, Path], dict[str, Path]]:
-    """``{case: image}`` of ``images_dir`` and ``{case: label}`` of ``labels_dir``, paired by name (a label's
-    ``_mask``-like tag left out: ISIC's ``<case>_segmentation``)."""
-    images = _by_stem(image_files(images_dir), problems)
+) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
+    """``{case: image}`` of ``images_dir``, ``{case: label}`` of ``labels_dir``, paired by name (a label's
+    ``_mask``-like tag left out: ISIC's ``<case>_segmentation``), and ``{case: group}``.
+
+    Both are searched at any depth: an image in a sub-folder (one per patient: ``images/P1/001.png`` beside
+    ``masks/P1/001.png``) is in that folder's group, and when names recur in several sub-folders every case is
+    keyed by its folders and name (``P1_001``), its label by the same place under ``labels_dir``.
+    """
+    found = image_files(images_dir, recursive=True)
+    qualify = len({strip_suffix(p.name) for p in found}) < len(found)  # names recur across sub-folders
+
+    def key(path: Path, folder: Path, name: str) -> str:
+        return "_".join((*path.relative_to(folder).parts[:-1], name)) if qualify else name
+
+    images: dict[str, Path] = {}
+    groups: dict[str, str] = {}
+    for p in found:
+        _put(images, cid := key(p, images_dir, strip_suffix(p.name)), p, problems)
+        if len(p.relative_to(images_dir).parts) > 1:
+            groups[cid] = p.relative_to(images_dir).parts[0]
     label_files: dict[str, Path] = {}
-    for p in image_files(labels_dir):
-        _put(label_files, mask_case(p.name) or strip_suffix(p.name), p, problems)
-    return images, _pair_by_name_parts(images, label_files)
+    for p in image_files(labels_dir, recursive=True):
+        _put(label_files, key(p, labels_dir, mask_case(p.name) or strip_suffix(p.name)), p, problems)
+    return images, _pair_by_name_parts(images, label_files), groups
 
 
 #: words that name a folder of label masks, whatever else its name says (``Ground Truth``, ``labels-ah``)
@@ -622,15 +638,16 @@ def _is_label_folder_name(name: str) -> bool:
 def _named_pair(root: Path) -> tuple[Path, Path] | None:
     """``(images folder, masks folder)`` when ``root`` holds exactly two sub-folders of image files, one named as
     masks are (:data:`LABEL_WORDS`) and one not: CVC-ClinicDB's ``Original/`` and ``Ground Truth/``, ISIC's
-    ``..._Training_Input/`` and ``..._Training_GroundTruth/``; a ``test/`` folder beside them (Carvana's ``train/``,
-    ``train_masks/``, ``test/``) is not one of them. Else None (the files are searched at any depth)."""
+    ``..._Training_Input/`` and ``..._Training_GroundTruth/``, their files directly in them or in their sub-folders
+    (one per patient); a ``test/`` folder beside them (Carvana's ``train/``, ``train_masks/``, ``test/``) is not one
+    of them. Else None (the files are searched at any depth)."""
     subs = [
         p
         for p in sorted(root.iterdir())
         if p.is_dir()
         and not p.name.startswith(".")
         and p.name.lower() not in TEST_FOLDERS
-        and any(is_image_file(f) for f in p.iterdir())
+        and any(is_image_file(f) or (f.is_dir() and any(map(is_image_file, f.iterdir()))) for f in p.iterdir())
     ]
     labelled = [p for p in subs if _is_label_folder_name(p.name)]
     if len(subs) != 2 or len(labelled) != 1:
