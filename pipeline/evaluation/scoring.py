@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from pipeline.config import EvaluateConfig, to_dict
 from pipeline.core.cases import Case, DatasetError
-from pipeline.core.dataset import LABEL_TAGS, image_files, mask_case, read_dataset
+from pipeline.core.dataset import image_files, read_dataset
 from pipeline.core.dataset_json import read_labels
 from pipeline.core.labels import read_label
+from pipeline.core.names import LABEL_TAGS, mask_case
 from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, strip_suffix
 from pipeline.evaluation.evaluator import empty_policy, load_overlay, write_results
 from pipeline.evaluation.metrics import case_metrics, summarize

@@ -36,16 +36,15 @@ from tqdm import tqdm
 from pipeline.config import InferenceConfig
 from pipeline.core import dicom, dicom_series, io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import (
+from pipeline.core.dataset import image_files, scans_folder
+from pipeline.core.names import (
     CHANNEL_FILE,
     CHANNEL_NAME,
     bids_name,
     case_folder_files,
     channel_name_of,
-    image_files,
     mask_case,
     scan_key,
-    scans_folder,
 )
 from pipeline.core.readers import (
     SUPPORTED_SUFFIXES,
