@@ -67,7 +67,7 @@ def _stem(path: Path) -> str:
 
 def _scan_ids(files: list[Path]) -> dict[Path, str]:
     """``{scan: the name it goes by}``: its name, or in a case folder (names that recur in other folders, KiTS's
-    ``case_00210/imaging.nii.gz``: :func:`~pipeline.core.dataset.case_folder_files`) its folder's name, or
+    ``case_00210/imaging.nii.gz``: :func:`~pipeline.core.names.case_folder_files`) its folder's name, or
     ``<folder>_<name>`` for one of several channel files. Masks are not scans: ``<case>_mask`` (``_label``, ``_seg``,
     a numbered ``_mask_1``, ``segmentation-<key>``) files beside their scan ``<case>`` (or its channel files
     ``<case>_0000``, ``<case>_flair``, ...), and a case folder's ``segmentation``; nor files in folders inside a
@@ -101,7 +101,9 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
 
     Multi-channel models take one 4D file (channels last) per case, or one file per channel named
     ``<case>_0000``, ``<case>_0001``, ... (nnU-Net's convention) or, for a model trained on named channel files,
-    ``<case>_<name>`` for each of ``channel_names`` (BraTS 2021's ``<case>_flair``, ``<case>_t1``, ...).
+    ``<case>_<name>`` for each of ``channel_names`` (BraTS 2021's ``<case>_flair``, ``<case>_t1``, ...; BIDS's
+    ``sub-01_ses-1_FLAIR``; a case folder's ``p1/flair.nii.gz``). Scans in case folders (KiTS's
+    ``case_00210/imaging.nii.gz``) are named by their folders (:func:`_scan_ids`).
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
