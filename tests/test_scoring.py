@@ -217,3 +217,22 @@ def test_references_beside_their_scans_as_datasets_come(tmp_path: Path) -> None:
         assert main(["--pred", str(tmp_path / pred), "--ref", str(ref), "--out", str(out)]) == 0
         table = pd.read_csv(out / "per_case.csv")
         assert len(table) == n and (table.dice == 1.0).all()
+
+
+def test_masks_named_as_lits_and_bids_name_them_pair_with_predictions_named_as_predict_names_them(
+    tmp_path: Path,
+) -> None:
+    """A folder of references ``segmentation-0.nii`` (LiTS) or ``sub-01_ses-1_dseg.nii.gz`` (BIDS) against predictions
+    ``volume-0.nii.gz`` and ``sub-01_ses-1.nii.gz`` (as predict names them): paired (before: no reference)."""
+    mask = np.zeros((8, 8, 4), np.uint8)
+    mask[2:6, 2:6, 1:3] = 1
+    names = (("segmentation-0.nii", "volume-0.nii.gz"), ("sub-01_ses-1_dseg.nii.gz", "sub-01_ses-1.nii.gz"))
+    for folder in ("ref", "pred"):
+        (tmp_path / folder).mkdir()
+    for ref, pred in names:
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "ref" / ref))
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "pred" / pred))
+    out = tmp_path / "score"
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "per_case.csv")
+    assert sorted(table.case_id) == ["0", "sub-01_ses-1"] and (table.dice == 1.0).all()

@@ -31,7 +31,7 @@ from pipeline.core.cases import Case, DatasetError
 from pipeline.core.dataset import image_files, read_dataset
 from pipeline.core.dataset_json import read_labels
 from pipeline.core.labels import read_label
-from pipeline.core.names import LABEL_TAGS, mask_case
+from pipeline.core.names import LABEL_PREFIX, LABEL_TAGS, bids_name, mask_case, scan_key
 from pipeline.core.readers import SUPPORTED_SUFFIXES, Header, ReadError, is_image_file, strip_suffix
 from pipeline.evaluation.evaluator import empty_policy, load_overlay, write_results
 from pipeline.evaluation.metrics import case_metrics, summarize
@@ -60,8 +60,14 @@ class ScoreCase:
 
 
 def case_id_of(path: Path) -> str:
-    """``case_001_seg.nrrd`` -> ``case_001``: name without format suffix and mask tag."""
+    """``case_001_seg.nrrd`` -> ``case_001``: name without format suffix and mask tag; a BIDS mask's session
+    (``sub-01_ses-1_dseg`` -> ``sub-01_ses-1``, as ``predict`` names its prediction); LiTS's ``segmentation-0``
+    -> ``0`` (:func:`pair_cases` pairs it with a prediction ``volume-0``)."""
     stem = strip_suffix(path.name)
+    if (bids := bids_name(stem)) is not None and bids.is_label:
+        return bids.case
+    if (led := LABEL_PREFIX.fullmatch(stem)) is not None:
+        return led["key"]
     for tag in MASK_TAGS:
         if stem.lower().endswith(tag) and len(stem) > len(tag):
             return stem[: -len(tag)]
@@ -96,7 +102,7 @@ def is_dataset(path: Path) -> bool:
     if not path.is_dir():
         return False  # mask_files says so
     files = image_files(path)
-    tagged = sum(mask_case(f.name) is not None for f in files)
+    tagged = sum(mask_case(f.name) is not None or case_id_of(f) != strip_suffix(f.name) for f in files)
     return not files or 0 < tagged < len(files)
 
 
@@ -125,7 +131,9 @@ def references(ref: Path, labels_file: Path | None = None) -> tuple[dict[str, Ca
 
 
 def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Missing = "skip") -> list[ScoreCase]:
-    """Match predictions to references by case id; a prediction without reference is an error."""
+    """Match predictions to references by case id (or by the key after a word naming scans, :func:`scan_key`:
+    ``volume-0`` to ``0``); a prediction without reference is an error."""
+    predictions = {cid if cid in refs else scan_key(cid): path for cid, path in predictions.items()}
     problems = [f"{path}: no reference for case {cid!r}" for cid, path in predictions.items() if cid not in refs]
     absent = sorted(set(refs) - set(predictions))
     if absent and missing == "error":
