@@ -58,10 +58,10 @@ def test_case_folders_name_their_files_and_leave_out_what_lies_inside() -> None:
         Path("/d/m1/seg.nii.gz"): ("m1", True),
     }
     assert nested == {Path("/d/c1/instances/kidney_instance-1_annotation-1.nii.gz")}
-    # scans without masks (predict): names recurring in other folders make case folders
+    # scans without masks (predict): names recurring in other folders make case folders (test cases, or slices)
     scans = [Path("/t/case_00210/imaging.nii.gz"), Path("/t/case_00211/imaging.nii.gz"), Path("/t/x/a.nii.gz")]
     assert case_folder_files(scans)[0] == {}
-    assert sorted(v for v, _ in case_folder_files(scans, by_recurring_names=True)[0].values()) == [
-        "case_00210",
-        "case_00211",
-    ]
+    assert sorted(v for v, _ in case_folder_files(scans, True)[0].values()) == ["case_00210", "case_00211"]
+    slices = [Path(f"/s/P{n}/{s}{tag}.png") for n in (1, 2) for s in ("001", "002") for tag in ("", "_mask")]
+    assert case_folder_files(slices, True)[0][Path("/s/P2/002_mask.png")] == ("P2_002", True)
+    assert case_folder_files(slices, True)[0][Path("/s/P2/002.png")] == ("P2_002", False)

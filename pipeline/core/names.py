@@ -109,25 +109,33 @@ def case_folder_files(
     """The files of case folders, ``{file: (case key, is a label)}``, and the files in folders inside case folders
     (not used: KiTS23's ``case_00000/instances/``, a mask per annotator and instance).
 
-    A case folder holds one case, its files named alike in every case (KiTS: ``case_00000/imaging.nii.gz`` beside
-    ``segmentation.nii.gz``): a folder holding a file named only as a label (:func:`is_label_name`), or, with
-    ``by_recurring_names`` (scans without masks, for ``predict``), files whose names recur in other folders. Its label
-    and its one scan take the folder's name; several scans are its channels ``<folder>_<name>`` (``flair``, ``t1``).
+    A case folder is named for what it holds, its files named alike in every such folder: it holds a file named only
+    as a label (:func:`is_label_name`; KiTS: ``case_00000/imaging.nii.gz`` beside ``segmentation.nii.gz``), or, with
+    ``by_recurring_names`` (``predict``'s scans, which have no masks to tell), files whose names recur in other
+    folders. Its one scan and its masks take the folder's name; several scans beside a mask named only as one are the
+    case's channels ``<folder>_<name>`` (``flair``, ``t1``); else each scan is a case ``<folder>_<name>`` (a patient's
+    slices ``P1/001.png``: ``P1_001``, as :mod:`pipeline.core.dataset` keys ``images/P1/001.png``).
     """
-    folders = {p.parent for p in files if is_label_name(p)}
+    stems = {p: strip_suffix(p.name) for p in files}
+    bare = {p.parent for p in files if is_label_name(p)}
+    folders = set(bare)
     if by_recurring_names:
         seen: dict[str, set[Path]] = {}
-        for p in files:
-            seen.setdefault(strip_suffix(p.name).lower(), set()).add(p.parent)
-        folders |= {p.parent for p in files if len(seen[strip_suffix(p.name).lower()]) > 1}
+        for p, stem in stems.items():
+            seen.setdefault(stem.lower(), set()).add(p.parent)
+        folders |= {p.parent for p, stem in stems.items() if len(seen[stem.lower()]) > 1}
     nested = {p for p in files if any(a in folders for a in p.parents[1:])}
     kept = [p for p in files if p.parent in folders and p not in nested]
-    labels = {p for p in kept if is_label_name(p) or mask_case(p.name) is not None}
+    masks = {p: mask_case(p.name) for p in kept if not is_label_name(p)}
+    labels = {p for p in kept if is_label_name(p) or masks.get(p) is not None}
     scans = Counter(p.parent for p in kept if p not in labels)
     out = {}
     for p in kept:
-        one = p in labels or scans[p.parent] == 1
-        out[p] = (p.parent.name if one else f"{p.parent.name}_{strip_suffix(p.name)}", p in labels)
+        folder = p.parent.name
+        if scans[p.parent] == 1 or (p in labels and p.parent in bare):
+            out[p] = (folder, p in labels)
+        else:  # one of several scans (channels, or cases of their own) or a mask of one of them
+            out[p] = (f"{folder}_{masks.get(p) or stems[p]}", p in labels)
     return out, nested
 
 
