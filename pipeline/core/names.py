@@ -45,7 +45,7 @@ def untag(name: str, tags: tuple[str, ...]) -> str | None:
 
 
 #: a further mask of a case, numbered: ``<case>_mask_1`` beside ``<case>_mask`` (BUSI: one mask file per lesion)
-NUMBERED_MASK = re.compile(rf"(?P<case>.+?)(?:{'|'.join(LABEL_TAGS)})_\d+", re.IGNORECASE)
+NUMBERED_MASK = re.compile(rf"(?P<case>.+?)(?:{'|'.join(map(re.escape, LABEL_TAGS))})_\d+", re.IGNORECASE)
 
 
 def mask_case(name: str) -> str | None:
