@@ -133,7 +133,12 @@ def references(ref: Path, labels_file: Path | None = None) -> tuple[dict[str, Ca
 def pair_cases(predictions: dict[str, Path], refs: dict[str, Case], missing: Missing = "skip") -> list[ScoreCase]:
     """Match predictions to references by case id (or by the key after a word naming scans, :func:`scan_key`:
     ``volume-0`` to ``0``); a prediction without reference is an error."""
-    predictions = {cid if cid in refs else scan_key(cid): path for cid, path in predictions.items()}
+    keyed = {cid: path for cid, path in predictions.items() if cid in refs}
+    for cid, path in predictions.items():
+        if cid not in refs:
+            key = scan_key(cid)
+            keyed[key if key in refs and key not in keyed else cid] = path  # else reported under its own id
+    predictions = keyed
     problems = [f"{path}: no reference for case {cid!r}" for cid, path in predictions.items() if cid not in refs]
     absent = sorted(set(refs) - set(predictions))
     if absent and missing == "error":
