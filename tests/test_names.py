@@ -46,7 +46,7 @@ def test_bids_name() -> None:
 def test_case_folders_name_their_files_and_leave_out_what_lies_inside() -> None:
     files = [Path(f"/d/{c}/{n}") for c in ("c1", "c2") for n in ("imaging.nii.gz", "segmentation.nii.gz")]
     files += [Path("/d/c1/instances/kidney_instance-1_annotation-1.nii.gz"), Path("/d/flat/p1.nii.gz")]
-    files += [Path("/d/m1/flair.nii.gz"), Path("/d/m1/t1.nii.gz"), Path("/d/m1/seg.nii.gz")]
+    files += [Path("/d/m1/flair.nii.gz"), Path("/d/m1/T1_pre.nii.gz"), Path("/d/m1/seg.nii.gz")]
     found, nested = case_folder_files(files)
     assert found == {
         Path("/d/c1/imaging.nii.gz"): ("c1", False),
@@ -54,7 +54,7 @@ def test_case_folders_name_their_files_and_leave_out_what_lies_inside() -> None:
         Path("/d/c2/imaging.nii.gz"): ("c2", False),
         Path("/d/c2/segmentation.nii.gz"): ("c2", True),
         Path("/d/m1/flair.nii.gz"): ("m1_flair", False),
-        Path("/d/m1/t1.nii.gz"): ("m1_t1", False),
+        Path("/d/m1/T1_pre.nii.gz"): ("m1_T1pre", False),  # a channel name: letters and digits
         Path("/d/m1/seg.nii.gz"): ("m1", True),
     }
     assert nested == {Path("/d/c1/instances/kidney_instance-1_annotation-1.nii.gz")}

@@ -459,6 +459,15 @@ def test_find_cases_names_scans_of_case_folders_and_lits_volumes_and_skips_their
         ("p1", ["flair.nii.gz", "t1.nii.gz"]),
         ("p2", ["flair.nii.gz", "t1.nii.gz"]),
     ]
+    # test cases without their masks, channels named as training named them (T1_pre: T1pre)
+    for case in ("p3", "p4"):
+        for name in ("T1_pre", "T1_post"):
+            small_scan(tmp_path / "unlabelled" / case / f"{name}.nii.gz", 0)
+    cases = find_cases(tmp_path / "unlabelled", 2, ["T1post", "T1pre"])
+    assert [(c.case_id, [p.name for p in c.images]) for c in cases] == [
+        ("p3", ["T1_post.nii.gz", "T1_pre.nii.gz"]),
+        ("p4", ["T1_post.nii.gz", "T1_pre.nii.gz"]),
+    ]
 
 
 def test_find_cases_reads_bids_sessions_and_skips_their_masks(tmp_path: Path) -> None:

@@ -103,6 +103,11 @@ def is_label_name(path: Path) -> bool:
     return strip_suffix(path.name).lower() in LABEL_NAMES
 
 
+def channel_stem(stem: str) -> str:
+    """A case folder's scan file name as a channel name: its letters and digits (``T1_pre`` -> ``T1pre``)."""
+    return re.sub(r"[^A-Za-z0-9]", "", stem)
+
+
 def case_folder_files(
     files: list[Path], by_recurring_names: bool = False
 ) -> tuple[dict[Path, tuple[str, bool]], set[Path]]:
@@ -134,7 +139,9 @@ def case_folder_files(
         folder = p.parent.name
         if scans[p.parent] == 1 or (p in labels and p.parent in bare):
             out[p] = (folder, p in labels)
-        else:  # one of several scans (channels, or cases of their own) or a mask of one of them
+        elif p.parent in bare:  # one of a case's channels, named by its file
+            out[p] = (f"{folder}_{channel_stem(stems[p])}", False)
+        else:  # one of several scans, each a case of its own, or the mask of one
             out[p] = (f"{folder}_{masks.get(p) or stems[p]}", p in labels)
     return out, nested
 

@@ -43,6 +43,7 @@ from pipeline.core.names import (
     bids_name,
     case_folder_files,
     channel_name_of,
+    channel_stem,
     mask_case,
     scan_key,
 )
@@ -126,6 +127,8 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
     for f in files:
         m = CHANNEL_FILE.match(ids[f])
         named_file = channel_name_of(ids[f])
+        if ids[f].startswith(f"{f.parent.name}_") and channel_stem(_stem(f)).lower() in index:
+            named_file = (f.parent.name, channel_stem(_stem(f)))  # a case folder's channel (p1/T1_pre.nii.gz)
         if m is not None:
             groups.setdefault(m["case"], {})[int(m["channel"])] = f
         elif named_file is not None and named_file[1].lower() in index:  # a named channel file
