@@ -44,6 +44,9 @@ class DataConfig:
     layout: Literal["auto", "msd", "folder", "csv"] = "auto"  # auto: detect (as validate does)
     manifest: str | None = None  # CSV with case_id,image,label (layout "csv")
     dicom: DicomConfig = field(default_factory=DicomConfig)  # series rule for images that are DICOM folders
+    # input channels by name, in this order, where files name them (<case>_flair, BIDS suffixes, p1/t1.nii.gz); others
+    # are not read (ISLES's FLAIR on another grid than DWI/ADC); None: every channel the files name
+    channels: tuple[str, ...] | None = None
     # largest voxel count (all channels) one file may declare; bounds the memory a header can claim
     max_voxels: int = 2**29  # 512x512x2048: a whole-body CT fits; a gzip bomb of zeros does not
 

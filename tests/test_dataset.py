@@ -699,3 +699,21 @@ def test_images_and_masks_in_a_sub_folder_per_patient_are_paired_place_by_place(
     (tmp_path / "set" / "masks" / "P5" / "002.png").rename(tmp_path / "set" / "masks" / "P4" / "009.png")
     problems = read_dataset(tmp_path / "set", "auto").problems
     assert sorted(p.case_id for p in problems) == ["P4_009", "P5_002"]
+
+
+def test_data_channels_keeps_the_named_channels_in_their_order_or_says_what_the_files_name(tmp_path: Path) -> None:
+    """ISLES-like sessions with dwi, adc and a FLAIR (on another grid in the real set): data.channels [dwi, adc]
+    keeps those two, in that order; a name no file has, or channels held in one file, is one problem."""
+    for n in (1, 2):
+        folder = tmp_path / "isles" / f"sub-0{n}" / "ses-1"
+        for k, suffix in enumerate(("dwi", "adc", "FLAIR")):
+            _touch_nii(folder / f"sub-0{n}_ses-1_{suffix}.nii.gz", (n, k))
+        _touch_nii(folder / f"sub-0{n}_ses-1_msk.nii.gz")
+    info = read_dataset(tmp_path / "isles", "auto", channels=["DWI", "adc"])
+    assert not info.problems and info.modalities == {0: "dwi", 1: "adc"}
+    assert [p.name for p in info.cases[0].images] == ["sub-01_ses-1_dwi.nii.gz", "sub-01_ses-1_adc.nii.gz"]
+    problems = read_dataset(tmp_path / "isles", "auto", channels=["t2"]).problems
+    assert [p.problem for p in problems] == ["data.channels ['t2']: t2 not among the channels named: adc, dwi, FLAIR"]
+    _msd(tmp_path / "msd", GOOD)  # one file per case, no channel names
+    (problem,) = read_dataset(tmp_path / "msd", "auto", channels=["MR"]).problems
+    assert "MR not among the channels named: none" in problem.problem

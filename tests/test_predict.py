@@ -463,6 +463,7 @@ def test_find_cases_names_scans_of_case_folders_and_lits_volumes_and_skips_their
     for case in ("p3", "p4"):
         for name in ("T1_pre", "T1_post"):
             small_scan(tmp_path / "unlabelled" / case / f"{name}.nii.gz", 0)
+    small_scan(tmp_path / "unlabelled" / "p3" / "T2_fs.nii.gz", 0)  # a channel the model does not take
     cases = find_cases(tmp_path / "unlabelled", 2, ["T1post", "T1pre"])
     assert [(c.case_id, [p.name for p in c.images]) for c in cases] == [
         ("p3", ["T1_post.nii.gz", "T1_pre.nii.gz"]),
@@ -484,6 +485,11 @@ def test_find_cases_reads_bids_sessions_and_skips_their_masks(tmp_path: Path) ->
         ("sub-01_ses-1", ["sub-01_ses-1_FLAIR.nii.gz", "sub-01_ses-1_T1w.nii.gz"]),
         ("sub-02_ses-1", ["sub-02_ses-1_FLAIR.nii.gz", "sub-02_ses-1_T1w.nii.gz"]),
     ]
+    # a model trained on two of the three channels (data.channels): the third is not a case
+    small_scan(tmp_path / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T2w.nii.gz", 3)
+    cases = find_cases(tmp_path, 2, ["T1w", "FLAIR"])
+    assert [[p.name for p in c.images] for c in cases][0] == ["sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_FLAIR.nii.gz"]
+    (tmp_path / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T2w.nii.gz").unlink()
     for p in tmp_path.rglob("*_FLAIR.nii.gz"):
         p.unlink()
     assert [c.case_id for c in find_cases(tmp_path)] == ["sub-01_ses-1", "sub-02_ses-1"]  # named as training named it

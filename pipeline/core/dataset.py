@@ -16,9 +16,10 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.config import DataConfig
 from pipeline.core.cases import DATASET_ROW, Case, DatasetError, DatasetInfo, Problem, case_id_problem
 from pipeline.core.dataset_json import parse_labels, parse_modalities, read_json, sidecar_labels
 from pipeline.core.names import (
@@ -697,11 +698,23 @@ def dataset_folder(root: str | Path) -> Path:
     return path
 
 
-def read_dataset(root: str | Path, layout: str = "msd", manifest: str | Path | None = None) -> DatasetInfo:
+def read_configured(data: DataConfig) -> DatasetInfo:
+    """The dataset the config's ``data`` section names (root, layout, manifest, channels)."""
+    return read_dataset(data.root, data.layout, data.manifest, data.channels)
+
+
+def read_dataset(
+    root: str | Path, layout: str = "msd", manifest: str | Path | None = None, channels: Sequence[str] | None = None
+) -> DatasetInfo:
     """Dispatch on the configured layout (``msd``, ``folder``, ``csv`` or ``auto``); an MSD or folder dataset
-    inside a folder that only wraps it is read where it is (:func:`dataset_folder`)."""
+    inside a folder that only wraps it is read where it is (:func:`dataset_folder`); ``channels``: the input channels
+    to keep, by name (:func:`select_channels`)."""
     if layout in ("auto", "msd", "folder") and not manifest:
         root = dataset_folder(root)  # a manifest's paths are relative to the root as given
+    return select_channels(_read_layout(root, layout, manifest), channels, root)
+
+
+def _read_layout(root: str | Path, layout: str, manifest: str | Path | None) -> DatasetInfo:
     if layout == "auto":
         layout = "csv" if manifest else detect_layout(root)
     if layout == "msd":
@@ -717,3 +730,28 @@ def read_dataset(root: str | Path, layout: str = "msd", manifest: str | Path | N
     if layout == "folder":
         return read_folder(root)
     raise DatasetError(f"unknown dataset layout {layout!r}")
+
+
+def select_channels(info: DatasetInfo, channels: Sequence[str] | None, root: str | Path) -> DatasetInfo:
+    """``info`` with only the input channels ``channels`` names, in that order (``data.channels``; names compared
+    case-insensitively): of channels that files name (``<case>_flair``, BIDS suffixes, ``p1/t1.nii.gz``) or that a
+    ``dataset.json`` names beside one file per channel. Anything else is one problem naming what the files hold."""
+    if not channels:
+        return info
+    index = {name.lower(): k for k, name in info.modalities.items()} if info.modalities_declared else {}
+    missing = [c for c in channels if c.lower() not in index]
+    one_file = next((c for c in info.cases if len(c.images) != len(index)), None)
+    if missing or one_file is not None:
+        named = ", ".join(info.modalities.values()) if index else "none (no file or dataset.json names them)"
+        if missing:
+            why = f"{', '.join(missing)} not among the channels named: {named}"
+        else:
+            why = f"case {one_file.case_id!r} holds its channels in one file"  # type: ignore[union-attr]
+        problem = Problem(DATASET_ROW, str(root), f"data.channels {list(channels)}: {why}")
+        return dataclasses.replace(info, problems=(*info.problems, problem))
+    keep = [index[c.lower()] for c in channels]
+    if unused := [info.modalities[k] for k in sorted(set(index.values()) - set(keep))]:
+        logger.info("data.channels: %s used, %s not", ", ".join(channels), ", ".join(unused))
+    cases = tuple(dataclasses.replace(c, images=tuple(c.images[k] for k in keep)) for c in info.cases)
+    modalities = {i: info.modalities[k] for i, k in enumerate(keep)}
+    return dataclasses.replace(info, cases=cases, modalities=modalities)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.config import Config, EvaluateConfig, fold_name
 from pipeline.core import io
-from pipeline.core.dataset import read_dataset
+from pipeline.core.dataset import read_configured
 from pipeline.core.splits import read_splits
 from pipeline.evaluation.compare import compare
 from pipeline.evaluation.ensemble import CV_DIR, MEAN_CLASS, OOF_DIR, case_means, fold_model_dirs
@@ -44,7 +44,7 @@ def oof_dir(cfg: Config, fold: int | str) -> Path:
 def fold_tables(cfg: Config, fold: int | str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fold ``fold``'s model (``folder``) on its own validation cases: the rows as predicted, and with the
     largest component per class kept; written to ``<metrics_dir>/oof/fold_<k>/``."""
-    info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
+    info = read_configured(cfg.data)
     by_id = {c.case_id: c for c in info.cases}
     cases = [by_id[c] for c in read_splits(cfg.split.file)["folds"][int(fold)]]
     predictor = Predictor(folder, keep_largest=False)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pipeline.config import Config, EvaluateConfig, fold_name, to_dict
 from pipeline.core import io
 from pipeline.core.cases import Case
-from pipeline.core.dataset import read_dataset
+from pipeline.core.dataset import read_configured
 from pipeline.core.labels import read_label, stored_values, to_classes
 from pipeline.core.readers import read_array
 from pipeline.core.splits import read_splits
@@ -130,7 +130,7 @@ def evaluate(cfg: Config, predictor: CasePredictor | None = None) -> dict:
     stand-in.
     """
     e = cfg.evaluate
-    info = read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest)
+    info = read_configured(cfg.data)
     test_ids = set(read_splits(cfg.split.file)["test"])
     cases = [c for c in info.cases if c.case_id in test_ids]
     if not cases:

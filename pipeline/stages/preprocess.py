@@ -13,7 +13,7 @@ import logging
 
 from pipeline.config import Config, ConfigError, run_main, stage_args
 from pipeline.core.cases import DatasetInfo
-from pipeline.core.dataset import read_dataset
+from pipeline.core.dataset import read_configured
 from pipeline.core.dicom_series import set_series_rule
 from pipeline.core.labels import resolve_labels
 from pipeline.core.splits import load_or_make_splits, non_test_cases
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = stage_args(__doc__, argv)
     _check_ranges(cfg, args.config)
     set_series_rule(cfg.data.dicom)  # which series of a DICOM-folder scan
-    info, label_problems = resolve_labels(read_dataset(cfg.data.root, cfg.data.layout, cfg.data.manifest))
+    info, label_problems = resolve_labels(read_configured(cfg.data))
     if label_problems:
         raise SystemExit("\n".join(f"{file}: {problem}" for file, problem in label_problems))
     validate_or_exit(info, cfg.preprocess.workers)

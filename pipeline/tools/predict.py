@@ -122,6 +122,7 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
         return [Case(b.case if (b := bids_name(ids[f])) is not None else ids[f], (f,)) for f in files]
     groups: dict[str, dict[int, Path]] = {}
     cases = []
+    others: dict[str, set[str | None]] = {}  # a single-file case's id -> the cases it may be a channel of
     named = len(channel_names) == in_channels and all(CHANNEL_NAME.fullmatch(n) for n in channel_names)
     index = {name.lower(): k for k, name in enumerate(channel_names)} if named else {}
     for f in files:
@@ -133,8 +134,13 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
             groups.setdefault(m["case"], {})[int(m["channel"])] = f
         elif named_file is not None and named_file[1].lower() in index:  # a named channel file
             groups.setdefault(named_file[0], {})[index[named_file[1].lower()]] = f
-        else:  # one file holding every channel
+        else:  # one file holding every channel, or a named channel the model does not take
             cases.append(Case(ids[f], (f,)))
+            folder = f.parent.name if ids[f].startswith(f"{f.parent.name}_") else None  # a case folder's file
+            others[cases[-1].case_id] = {named_file[0] if named_file is not None else None, folder} if index else set()
+    if unused := [c for c in cases if others[c.case_id] & groups.keys()]:  # data.channels left them out
+        logger.info("%d channel file(s) the model does not take skipped (e.g. %s)", len(unused), unused[0].images[0])
+        cases = [c for c in cases if c not in unused]
     for cid, chans in sorted(groups.items()):
         if sorted(chans) != list(range(in_channels)):
             raise FileNotFoundError(f"{cid}: expected channels 0..{in_channels - 1}, found {sorted(chans)}")

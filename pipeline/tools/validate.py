@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         "csv: manifest case_id,image,label (default: detect)",
     )
     parser.add_argument("--manifest", default=None, help="CSV manifest (layout csv; default <root>/manifest.csv)")
+    parser.add_argument(
+        "--channels", nargs="+", default=None, help="input channels to keep, by name (data.channels; default: all)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
     add_max_voxels_argument(parser)
     dicom_series.add_rule_arguments(parser)
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-voxels must be >= 1")
     set_max_voxels(args.max_voxels)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    info, label_problems = resolve_labels(read_dataset(args.root, args.layout, args.manifest))
+    info, label_problems = resolve_labels(read_dataset(args.root, args.layout, args.manifest, args.channels))
     problems = [Problem(DATASET_ROW, f, p) for f, p in label_problems] + validate_dataset(info, args.workers)
     if info.labels_source == INFERRED:
         found = ", ".join(f"{v} ({name})" for v, name in info.declared_labels.items())
