@@ -490,6 +490,12 @@ def test_find_cases_reads_bids_sessions_and_skips_their_masks(tmp_path: Path) ->
     cases = find_cases(tmp_path, 2, ["T1w", "FLAIR"])
     assert [[p.name for p in c.images] for c in cases][0] == ["sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_FLAIR.nii.gz"]
     (tmp_path / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T2w.nii.gz").unlink()
+    # a one-channel model of data.channels [T1w]: the session's T1w only, named as the session
+    cases = find_cases(tmp_path, 1, ["T1w"])
+    assert [(c.case_id, c.images[0].name) for c in cases] == [
+        ("sub-01_ses-1", "sub-01_ses-1_T1w.nii.gz"),
+        ("sub-02_ses-1", "sub-02_ses-1_T1w.nii.gz"),
+    ]
     for p in tmp_path.rglob("*_FLAIR.nii.gz"):
         p.unlink()
     assert [c.case_id for c in find_cases(tmp_path)] == ["sub-01_ses-1", "sub-02_ses-1"]  # named as training named it

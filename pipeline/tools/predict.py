@@ -118,18 +118,37 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
     files = list(ids)
     if not files:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) or DICOM series folders")
-    if in_channels == 1:  # a BIDS scan is its session's one channel
+    named = len(channel_names) == in_channels and all(CHANNEL_NAME.fullmatch(n) for n in channel_names)
+    index = {name.lower(): k for k, name in enumerate(channel_names)} if named else {}
+    channel_of = {f: _named_channel(f, ids[f], index) for f in files}
+    if in_channels == 1 and not any(c is not None and c[1].lower() in index for c in channel_of.values()):
+        # one scan per case (a BIDS scan: its session's)
         return [Case(b.case if (b := bids_name(ids[f])) is not None else ids[f], (f,)) for f in files]
+    return _grouped_cases(files, ids, channel_of, index, in_channels)
+
+
+def _named_channel(path: Path, file_id: str, index: dict[str, int]) -> tuple[str, str] | None:
+    """``(case, channel name)`` of a file ``<case>_<name>``, or of a case folder's ``<folder>/<name>`` whose name is
+    one of the model's channels (``p1/T1_pre.nii.gz``: ``T1pre``)."""
+    if file_id.startswith(f"{path.parent.name}_") and channel_stem(_stem(path)).lower() in index:
+        return path.parent.name, channel_stem(_stem(path))
+    return channel_name_of(file_id)
+
+
+def _grouped_cases(
+    files: list[Path],
+    ids: dict[Path, str],
+    channel_of: dict[Path, tuple[str, str] | None],
+    index: dict[str, int],
+    in_channels: int,
+) -> list[Case]:
+    """Cases of channel files (``<case>_0000``, or named as ``index`` names the model's channels), and of files
+    holding every channel; a named channel the model does not take (``data.channels`` left it out) is skipped."""
     groups: dict[str, dict[int, Path]] = {}
     cases = []
     others: dict[str, set[str | None]] = {}  # a single-file case's id -> the cases it may be a channel of
-    named = len(channel_names) == in_channels and all(CHANNEL_NAME.fullmatch(n) for n in channel_names)
-    index = {name.lower(): k for k, name in enumerate(channel_names)} if named else {}
     for f in files:
-        m = CHANNEL_FILE.match(ids[f])
-        named_file = channel_name_of(ids[f])
-        if ids[f].startswith(f"{f.parent.name}_") and channel_stem(_stem(f)).lower() in index:
-            named_file = (f.parent.name, channel_stem(_stem(f)))  # a case folder's channel (p1/T1_pre.nii.gz)
+        m, named_file = CHANNEL_FILE.match(ids[f]), channel_of[f]
         if m is not None:
             groups.setdefault(m["case"], {})[int(m["channel"])] = f
         elif named_file is not None and named_file[1].lower() in index:  # a named channel file
@@ -138,7 +157,7 @@ def find_cases(path: Path, in_channels: int = 1, channel_names: Sequence[str] = 
             cases.append(Case(ids[f], (f,)))
             folder = f.parent.name if ids[f].startswith(f"{f.parent.name}_") else None  # a case folder's file
             others[cases[-1].case_id] = {named_file[0] if named_file is not None else None, folder} if index else set()
-    if unused := [c for c in cases if others[c.case_id] & groups.keys()]:  # data.channels left them out
+    if unused := [c for c in cases if others[c.case_id] & groups.keys()]:
         logger.info("%d channel file(s) the model does not take skipped (e.g. %s)", len(unused), unused[0].images[0])
         cases = [c for c in cases if c not in unused]
     for cid, chans in sorted(groups.items()):
