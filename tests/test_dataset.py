@@ -714,6 +714,8 @@ def test_data_channels_keeps_the_named_channels_in_their_order_or_says_what_the_
     assert [p.name for p in info.cases[0].images] == ["sub-01_ses-1_dwi.nii.gz", "sub-01_ses-1_adc.nii.gz"]
     problems = read_dataset(tmp_path / "isles", "auto", channels=["t2"]).problems
     assert [p.problem for p in problems] == ["data.channels ['t2']: t2 not among the channels named: adc, dwi, FLAIR"]
+    (twice,) = read_dataset(tmp_path / "isles", "auto", channels=["adc", "ADC"]).problems
+    assert twice.problem == "data.channels ['adc', 'ADC']: a channel named twice"
     _msd(tmp_path / "msd", GOOD)  # one file per case, no channel names
     (problem,) = read_dataset(tmp_path / "msd", "auto", channels=["MR"]).problems
     assert "MR not among the channels named: none" in problem.problem

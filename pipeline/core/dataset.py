@@ -741,10 +741,13 @@ def select_channels(info: DatasetInfo, channels: Sequence[str] | None, root: str
     index = {name.lower(): k for k, name in info.modalities.items()} if info.modalities_declared else {}
     missing = [c for c in channels if c.lower() not in index]
     one_file = next((c for c in info.cases if len(c.images) != len(index)), None)
-    if missing or one_file is not None:
+    twice = len({c.lower() for c in channels}) < len(channels)
+    if missing or one_file is not None or twice:
         named = ", ".join(info.modalities.values()) if index else "none (no file or dataset.json names them)"
         if missing:
             why = f"{', '.join(missing)} not among the channels named: {named}"
+        elif twice:
+            why = "a channel named twice"
         else:
             why = f"case {one_file.case_id!r} holds its channels in one file"  # type: ignore[union-attr]
         problem = Problem(DATASET_ROW, str(root), f"data.channels {list(channels)}: {why}")
