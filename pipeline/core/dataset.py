@@ -300,12 +300,17 @@ def _pair_by(
     return out
 
 
-def _pair_by_name_parts(images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
+def _pair_by_scan_key(images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
     """Labels re-keyed to their image when the names differ in a leading word naming scans (LiTS's ``volume-0`` and
-    ``segmentation-0``, keyed ``0`` as a label) or only after a shared leading part (DRIVE's ``21_training.tif`` and
-    ``21_manual1.gif``): each only when it names one unpaired image and one unpaired label."""
-    label_files = _pair_by(images, label_files, scan_key, str, "the name after a word naming scans")
-    return _pair_by(images, label_files, _leading, _leading, "their leading name part")
+    ``segmentation-0``, keyed ``0`` as a label; :func:`~pipeline.core.names.scan_key`)."""
+    return _pair_by(images, label_files, scan_key, str, "the name after a word naming scans")
+
+
+def _pair_by_name_parts(images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
+    """Labels re-keyed to their image by :func:`_pair_by_scan_key`, or when the names differ only after a shared
+    leading part (DRIVE's ``21_training.tif`` and ``21_manual1.gif``): each only when it names one unpaired image and
+    one unpaired label."""
+    return _pair_by(images, _pair_by_scan_key(images, label_files), _leading, _leading, "their leading name part")
 
 
 #: fewest sub-folders of a folder layout taken as case groups (patients): fewer are categories (BUSI's ``benign/``,
@@ -348,8 +353,7 @@ def _flat_files(root: Path, problems: list[Problem]) -> tuple[dict[str, Path], d
                 groups.setdefault(channel["case"], groups[key])
             if p in in_case_folders:  # a case folder's channel <folder>_<name>: the folder's group
                 groups.setdefault(p.parent.name, groups[key])
-    label_files = _pair_by(images, label_files, scan_key, str, "the name after a word naming scans")
-    return images, label_files, groups
+    return images, _pair_by_scan_key(images, label_files), groups
 
 
 def _role(path: Path, in_case_folders: dict[Path, tuple[str, bool]]) -> tuple[str, bool, BidsName | None]:
@@ -518,8 +522,8 @@ def _paired_files(
     groups: dict[str, str] = {}
     for p in found:
         _put(images, cid := key(p, images_dir, strip_suffix(p.name)), p, problems)
-        if len(p.relative_to(images_dir).parts) > 1:
-            groups[cid] = p.relative_to(images_dir).parts[0]
+        if sub := p.relative_to(images_dir).parts[:-1]:  # in a sub-folder: that folder's group
+            groups[cid] = sub[0]
     label_files: dict[str, Path] = {}
     for p in image_files(labels_dir, recursive=True):
         _put(label_files, key(p, labels_dir, mask_case(p.name) or strip_suffix(p.name)), p, problems)
